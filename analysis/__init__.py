@@ -1,0 +1,1 @@
+"""Metrics, tables and plots of what ``python -m harness`` wrote. Reads only job dirs on disk."""

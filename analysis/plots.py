@@ -1,0 +1,93 @@
+"""Plots of the summary table (matplotlib, PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+
+def label(row: pd.Series) -> str:
+    params = [f"{p}={row[p]:g}" for p in ("alpha", "top_k", "top_p", "typical_p", "min_p")
+              if p in row and pd.notna(row[p])]
+    return f"{row['method']} " + " ".join(params)
+
+
+def mauve_vs_diversity(summary: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 6))
+    runs = summary[summary["method"] != "human"].dropna(subset=["mauve", "diversity"])
+    for method, group in runs.groupby("method"):
+        ax.scatter(group["diversity"] * 100, group["mauve"] * 100, label=method, s=40)
+        for _, row in group.iterrows():
+            ax.annotate(label(row).removeprefix(method).strip(), (row["diversity"] * 100,
+                        row["mauve"] * 100), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    human = summary[summary["method"] == "human"]
+    if not human.empty and pd.notna(human["diversity"].iloc[0]):
+        ax.axvline(human["diversity"].iloc[0] * 100, color="black", linestyle="--",
+                   label="human diversity")
+    ax.set(xlabel="diversity (x100)", ylabel="MAUVE (x100)", title="MAUVE vs diversity")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def metric_vs_alpha(summary: pd.DataFrame, metric: str, path: Path) -> bool:
+    if "alpha" not in summary or metric not in summary:
+        return False
+    runs = summary.dropna(subset=["alpha", metric])
+    if runs.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for (method, top_k), group in runs.groupby(["method", "top_k"], dropna=False):
+        group = group.sort_values("alpha")
+        ax.plot(group["alpha"], group[metric], marker="o", label=f"{method} top_k={top_k:g}")
+    human = summary[summary["method"] == "human"]
+    if not human.empty and pd.notna(human[metric].iloc[0]):
+        ax.axhline(human[metric].iloc[0], color="black", linestyle="--", label="human")
+    ax.set(xlabel="alpha", ylabel=metric, title=f"{metric} vs alpha")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def heatmap(summary: pd.DataFrame, method: str, metric: str, path: Path) -> bool:
+    runs = summary[summary["method"] == method].dropna(subset=["alpha", "top_k", metric])
+    grid = runs.pivot_table(index="alpha", columns="top_k", values=metric)
+    if grid.shape[0] < 2 or grid.shape[1] < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(grid.values, aspect="auto", origin="lower", cmap="viridis")
+    ax.set_xticks(range(grid.shape[1]), [f"{v:g}" for v in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index])
+    for (i, j), value in pd.DataFrame(grid.values).stack().items():
+        ax.text(j, i, f"{value:.3g}", ha="center", va="center", color="white", fontsize=8)
+    ax.set(xlabel="top_k", ylabel="alpha", title=f"{method}: {metric}")
+    fig.colorbar(image)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def make_plots(summary: pd.DataFrame, directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    if {"mauve", "diversity"} <= set(summary):
+        mauve_vs_diversity(summary, directory / "mauve_vs_diversity.png")
+        written.append(directory / "mauve_vs_diversity.png")
+    for metric in ("mauve", "diversity", "coherence", "topk_identical_rate"):
+        if metric_vs_alpha(summary, metric, directory / f"{metric}_vs_alpha.png"):
+            written.append(directory / f"{metric}_vs_alpha.png")
+    for method in summary["method"].unique():
+        path = directory / f"heatmap_{method}_mauve.png"
+        if "mauve" in summary and heatmap(summary, method, "mauve", path):
+            written.append(path)
+    return written
