@@ -59,6 +59,8 @@ def metric_vs_alpha(summary: pd.DataFrame, metric: str, path: Path) -> bool:
 
 
 def heatmap(summary: pd.DataFrame, method: str, metric: str, path: Path) -> bool:
+    if not {"alpha", "top_k", metric} <= set(summary):
+        return False
     runs = summary[summary["method"] == method].dropna(subset=["alpha", "top_k", metric])
     grid = runs.pivot_table(index="alpha", columns="top_k", values=metric)
     if grid.shape[0] < 2 or grid.shape[1] < 2:

@@ -36,7 +36,8 @@ def logits(draw, min_vocab: int = 2, max_vocab: int = 48, max_batch: int = 3) ->
         x[:, 0] += draw(st.floats(3.0, 30.0))
     elif kind == "zipf":
         ranks = torch.arange(1, vocab + 1, dtype=torch.float32)
-        x = -draw(st.floats(0.5, 2.0)) * ranks.log() + 0.01 * torch.randn(batch, vocab, generator=gen)
+        noise = 0.01 * torch.randn(batch, vocab, generator=gen)
+        x = -draw(st.floats(0.5, 2.0)) * ranks.log() + noise
         x = x[:, torch.randperm(vocab, generator=gen)]
     elif kind == "ties":
         x = torch.randint(-3, 3, (batch, vocab), generator=gen).float()

@@ -1,0 +1,135 @@
+"""Metrics against hand-computed values, and the whole path on a tiny sweep."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import features
+from analysis.__main__ import analyse, load_config
+from analysis.diversity import diversity_metrics
+from analysis.mauve import MauveConfig, mauve_scores
+from harness.sweep import main as run_sweep
+from tests.conftest import ROOT, TINY
+
+
+def test_rep_n_and_diversity_by_hand():
+    # "a b a b a": 2-grams ab ba ab ba -> 2 unique of 4; 3-grams aba bab aba -> 2 of 3;
+    # 4-grams abab baba -> 2 of 2. "c d": 2-grams cd -> 1 of 1; no 3- or 4-grams.
+    m = diversity_metrics(["a b a b a", "c d"])
+    assert m["rep_2"] == pytest.approx(100 * (1 - 3 / 5))
+    assert m["rep_3"] == pytest.approx(100 * (1 - 2 / 3))
+    assert m["rep_4"] == pytest.approx(0.0)
+    assert m["diversity"] == pytest.approx((3 / 5) * (2 / 3) * 1.0)
+    # distinct-n over the corpus: 1-grams a b a b a c d -> 4 unique of 7
+    assert m["distinct_1"] == pytest.approx(4 / 7)
+    assert m["distinct_2"] == pytest.approx(3 / 5)
+
+
+def test_simctg_mode_skips_each_texts_last_ngram():
+    # SimCTG counts 2-grams ab ba ab (not the final ba): 2 unique of 3.
+    m = diversity_metrics(["a b a b a"], skip_last_ngram=True)
+    assert m["rep_2"] == pytest.approx(100 * (1 - 2 / 3))
+
+
+def test_diversity_of_nothing_is_nan_not_a_crash():
+    m = diversity_metrics(["", "one"])
+    assert math.isnan(m["rep_2"]) and m["distinct_1"] == 1.0
+
+
+def test_mauve_is_one_on_identical_features_and_small_on_shifted_ones():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(300, 16))
+    cfg = MauveConfig(kmeans_seeds=2)
+    assert np.mean(mauve_scores(p, p.copy(), cfg)) > 0.99
+    assert np.mean(mauve_scores(p, p + 3.0, cfg)) < 0.1
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    run_sweep(["seed_comparison", *TINY, "dataset.limit=12", "generation.seeds=[0,1]",
+               "generation.max_new_tokens=40", f"hydra.sweep.dir={out}"])
+    return out
+
+
+def config(*extra: str):
+    return load_config(["metrics.coherence.scorer=tiny", "metrics.mauve.kmeans_seeds=2",
+                        "wandb=disabled", *extra])
+
+
+def test_analysis_of_a_tiny_sweep_writes_the_table(tiny_sweep):
+    summary = analyse([tiny_sweep], config())
+    assert list(summary["method"]) == ["greedy", "locally_typical", "locally_typical",
+                                       *["locally_typical_distance"] * 4, "min_p", "top_k",
+                                       "top_p", "typical", "human"]
+    for column in ("method", "alpha", "top_k", "n", "mauve", "mauve_std", "diversity", "rep_2",
+                   "rep_3", "rep_4", "distinct_2", "coherence", "coherence_ll", "perplexity",
+                   "mean_tokens", "eos_rate", "topk_identical_rate"):
+        assert column in summary, column
+    runs = summary[summary["method"] != "human"]
+    assert runs["mauve"].between(0, 1).all()
+    assert (runs["n"] == [12] + [24] * 10).all()  # greedy: one seed; the others: two
+    for name in ("summary.csv", "summary.md", "summary.tex", "per_seed.csv"):
+        assert (tiny_sweep / name).stat().st_size > 0
+    assert (tiny_sweep / "plots" / "mauve_vs_diversity.png").exists()
+    per_seed = pd.read_csv(tiny_sweep / "per_seed.csv")
+    top_k = per_seed[per_seed["method"] == "top_k"]
+    assert sorted(top_k["seed"]) == [0, 1]
+    assert summary[summary["method"] == "top_k"]["diversity"].iloc[0] == pytest.approx(
+        top_k["diversity"].mean())
+    # alpha <= 0.3 of the scaling form is top_k exactly (diagnostics say so).
+    tau = summary[(summary["method"] == "locally_typical_distance") & (summary["alpha"] == 0.2)]
+    assert tau["topk_identical_rate"].iloc[0] >= runs[runs["method"] == "top_k"][
+        "topk_identical_rate"].iloc[0] - 1e-9
+
+
+def test_second_analysis_does_no_featurization(tiny_sweep):
+    analyse([tiny_sweep], config())
+    before = features.stats["embedded"]
+    analyse([tiny_sweep], config())
+    assert features.stats["embedded"] == before
+
+
+def test_a_job_without_generations_is_skipped_and_the_rest_analysed(tiny_sweep, tmp_path):
+    broken = tiny_sweep / "top_k,broken"
+    broken.mkdir()
+    (broken / "job.yaml").write_text((next(tiny_sweep.glob("top_k,*/job.yaml"))).read_text())
+    try:
+        summary = analyse([tiny_sweep], config())
+    finally:
+        (broken / "job.yaml").unlink()
+        broken.rmdir()
+    assert len(summary) == 12
+
+
+def test_missing_sweep_dir_and_unknown_featurizer_are_clear(tiny_sweep, tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "nope")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    summary = analyse([tiny_sweep], config("metrics.mauve.featurizer=nonsense"))
+    assert summary["mauve"].isna().all() if "mauve" in summary else True
+
+
+def test_wandb_offline_runs_land_in_the_sweep_dir(tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    args = [*[a for a in TINY if a != "wandb=disabled"], "wandb=offline", "dataset.limit=4",
+            "generation.seeds=[0]", f"hydra.sweep.dir={out}"]
+    done = subprocess.run([sys.executable, "-m", "harness", "-m", "selector=top_k", *args],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    job = next(out.glob("top_k*"))
+    run_id = (job / "wandb_run_id").read_text()
+    analysed = subprocess.run([sys.executable, "-m", "analysis", str(out),
+                               "metrics.coherence.scorer=tiny", "metrics.mauve.kmeans_seeds=1"],
+                              capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert analysed.returncode == 0, analysed.stderr
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert any(r.name.endswith(run_id) for r in runs)  # generation run (and its write-back)
+    assert len(runs) >= 3  # + the analysis run
+    assert all(list(r.glob("*.wandb")) for r in runs)
