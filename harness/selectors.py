@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers import LogitsProcessor
 
 NEG_INF = float("-inf")
+SMALL_KEPT_SET = 64  # diagnostics rank kept sets up to this size by counting, not sorting
 
 
 def entropy(logp: Tensor) -> Tensor:
@@ -64,9 +65,10 @@ def _is_int(value: object) -> bool:
 class StepDiagnostics:
     """What a selector kept at one decoding step, one entry per row (tensors of shape [batch]).
 
-    ``mean_rank`` is the mean 0-based position of the kept tokens in probability order
-    (a top-k set of size n has (n-1)/2); ``topk_identical`` says the kept set is exactly the
-    n most probable tokens (every token at least as probable as a kept one is kept).
+    ``mean_rank`` is the mean 0-based position of the kept tokens in probability order, ties
+    in token-id order (a top-k set of size n has (n-1)/2); ``topk_identical`` says the kept
+    set is exactly the n most probable tokens (every token at least as probable as a kept one
+    is kept).
     """
 
     kept: Tensor
@@ -134,12 +136,19 @@ def diagnose_prepared(logits: Tensor, keep: Tensor) -> StepDiagnostics:
     topk_identical = at_least_as_probable == kept
     if bool(topk_identical.all()):
         mean_rank = (kept - 1) / 2
+    elif int(kept.max()) <= SMALL_KEPT_SET:
+        # Few kept tokens (the locally typical methods): rank each by counting, no sort.
+        width = int(kept.max())
+        kept_index = keep.float().topk(width, dim=-1, sorted=False).indices
+        kept_logit = logits.gather(-1, kept_index)[..., None]
+        index = torch.arange(logits.shape[-1], device=logits.device)
+        ranks = (logits[:, None, :] > kept_logit).sum(-1) + (
+            (logits[:, None, :] == kept_logit) & (index < kept_index[..., None])).sum(-1)
+        is_kept = keep.gather(-1, kept_index)
+        mean_rank = (ranks * is_kept).sum(-1) / kept
     else:
-        # Only the tokens down to the least probable kept one need ranking: one topk.
-        depth = int(at_least_as_probable.max())
-        order = logits.topk(depth, dim=-1).indices
-        position = torch.arange(depth, device=logits.device, dtype=torch.float32)
-        mean_rank = (keep.gather(-1, order) * position).sum(-1) / kept
+        position = logits.sort(dim=-1, descending=True, stable=True).indices.argsort(-1)
+        mean_rank = (position * keep).sum(-1) / kept
     return StepDiagnostics(kept, mass, mean_rank.float(), topk_identical)
 
 
