@@ -9,6 +9,10 @@ k-means and make it 10-100x slower.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,12 +33,27 @@ class MauveConfig:
     min_samples: int = 500  # below this the table flags the value as noisy
 
 
+@contextmanager
+def faiss_warnings_silenced() -> Iterator[None]:
+    """faiss warns on stderr, from C++, for every k-means run on few points (always true below
+    ~40 points per cluster); the table already flags small samples, so those lines go."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def mauve_scores(p_features: np.ndarray, q_features: np.ndarray, cfg: MauveConfig) -> list[float]:
     """MAUVE of q against p, once per k-means seed."""
     import mauve
 
     buckets = cfg.num_buckets if cfg.num_buckets == "auto" else int(cfg.num_buckets)
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1), faiss_warnings_silenced():
         return [float(mauve.compute_mauve(p_features=p_features, q_features=q_features,
                                           num_buckets=buckets, seed=seed, verbose=False,
                                           mauve_scaling_factor=cfg.scaling_factor).mauve)

@@ -11,10 +11,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 
+SHORT = {"locally_typical_distance": "LTD", "locally_typical": "LT"}
+
+
 def label(row: pd.Series) -> str:
-    params = [f"{p}={row[p]:g}" for p in ("alpha", "top_k", "top_p", "typical_p", "min_p")
+    params = [f"{p.replace('alpha', 'α')}={row[p]:g}"
+              for p in ("alpha", "top_k", "top_p", "typical_p", "min_p")
               if p in row and pd.notna(row[p])]
-    return f"{row['method']} " + " ".join(params)
+    return " ".join([SHORT.get(row["method"], row["method"]), *params])
 
 
 def mauve_vs_diversity(summary: pd.DataFrame, path: Path) -> None:
@@ -22,15 +26,17 @@ def mauve_vs_diversity(summary: pd.DataFrame, path: Path) -> None:
     runs = summary[summary["method"] != "human"].dropna(subset=["mauve", "diversity"])
     for method, group in runs.groupby("method"):
         ax.scatter(group["diversity"] * 100, group["mauve"] * 100, label=method, s=40)
-        for _, row in group.iterrows():
-            ax.annotate(label(row).removeprefix(method).strip(), (row["diversity"] * 100,
-                        row["mauve"] * 100), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+    # Paired seeding makes equivalent selectors land on the same point: one label for all.
+    for (x, y), group in runs.groupby([runs["diversity"] * 100, runs["mauve"] * 100]):
+        ax.annotate(" =\n".join(label(row) for _, row in group.iterrows()), (x, y),
+                    fontsize=7, xytext=(-6, 0), textcoords="offset points", ha="right",
+                    va="center")
     human = summary[summary["method"] == "human"]
     if not human.empty and pd.notna(human["diversity"].iloc[0]):
         ax.axvline(human["diversity"].iloc[0] * 100, color="black", linestyle="--",
                    label="human diversity")
-    ax.set(xlabel="diversity (x100)", ylabel="MAUVE (x100)", title="MAUVE vs diversity")
+    ax.set(xlabel="diversity (x100)", ylabel="MAUVE (x100)",
+           title="MAUVE vs diversity (LT: locally_typical, LTD: locally_typical_distance)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -100,7 +100,7 @@ def human_row(jobs: list[Job], cfg: MetricsConfig) -> dict:
     row = {"method": "human", "model": "", "dataset": jobs[0].config["dataset"]["name"]}
     row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
                             jobs[0].config["model"]["source"]))
-    row["mean_tokens"] = float(np.mean([len(t.split()) for t in references]))
+    row["mean_tokens"] = float(jobs[0].config["generation"]["max_new_tokens"])  # by construction
     return row
 
 
