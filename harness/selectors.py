@@ -173,7 +173,7 @@ class SelectorLogitsProcessor(LogitsProcessor):
         keep = self.selector.select(logits)
         if self.record:
             self.steps.append(diagnose_prepared(logits, keep))
-        return logits.masked_fill(~keep, NEG_INF)
+        return logits.where(keep, NEG_INF)
 
 
 SELECTORS: dict[str, type[Selector]] = {}
@@ -380,13 +380,14 @@ class _Distance(Selector):
             raise ValueError(f"{self.name}: top_k and mass are both null; set at least one.")
         self.alpha, self.top_k, self.mass = float(alpha), top_k, mass
 
-    def distance(self, surprisal: Tensor, h: Tensor) -> Tensor:
+    def distance(self, logp: Tensor, h: Tensor) -> Tensor:
+        """d from log-probabilities (s = -logp) and entropies ``[batch, 1]``; ``inf`` where
+        p = 0. Written in place on ``logp``: each pass over the vocabulary costs."""
         raise NotImplementedError
 
     def score(self, logits: Tensor) -> Tensor:
         logp = logits.log_softmax(-1)
-        d = self.distance(-logp, entropy(logp))
-        return d.masked_fill(logits == NEG_INF, math.inf)  # 0·inf would be NaN at alpha = 0
+        return self.distance(logp, entropy(logp))
 
     def cut(self, score: Tensor, logits: Tensor) -> Tensor:
         keep = keep_best_k(score, self.top_k) if self.top_k is not None else True
@@ -412,8 +413,10 @@ class LocallyTypical(_Distance):
                 f"locally_typical with alpha={alpha} > 1 is degenerate: it selects exactly the "
                 "top_k most probable tokens, the same as method top_k.", stacklevel=3)
 
-    def distance(self, surprisal: Tensor, h: Tensor) -> Tensor:
-        return (surprisal - h).abs() + self.alpha * surprisal
+    def distance(self, logp: Tensor, h: Tensor) -> Tensor:
+        d = (logp + h).abs_()  # |s - H|
+        alpha = float(torch.tensor(self.alpha, dtype=logp.dtype))  # as the kernel will see it
+        return d.add_(logp, alpha=-alpha) if alpha else d  # + alpha·s (0·inf would be NaN)
 
 
 @register
@@ -430,5 +433,5 @@ class LocallyTypicalDistance(_Distance):
                  temperature: float = 1.0) -> None:
         super().__init__(alpha, top_k, mass, temperature)
 
-    def distance(self, surprisal: Tensor, h: Tensor) -> Tensor:
-        return (surprisal - self.alpha * h).abs()
+    def distance(self, logp: Tensor, h: Tensor) -> Tensor:
+        return logp.add_(h, alpha=self.alpha).abs_()  # |s - alpha·H|
