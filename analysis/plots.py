@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend
 import pandas as pd
-
 
 SHORT = {"locally_typical_distance": "LTD", "locally_typical": "LT"}
 

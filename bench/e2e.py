@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -104,11 +103,20 @@ def throughput(common: list[str], out: Path) -> None:
               f"{rate:.1f} tok/s = {rate / bare:.3f}x bare")
 
 
-def run(cmd: list[str], cwd: Path) -> float:
+PEAK_RSS_MIB: dict[str, float] = {}
+
+
+def run(cmd: list[str], cwd: Path, label: str = "") -> float:
+    """Wall time of ``cmd``; its own peak RSS goes into ``PEAK_RSS_MIB[label]``."""
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - start
+    child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - start
+    if status:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {child.stderr.read().decode()[-2000:]}")
+    PEAK_RSS_MIB[label] = max(PEAK_RSS_MIB.get(label, 0.0), usage.ru_maxrss / 1024)
+    return elapsed
 
 
 def amortisation(common: list[str], out: Path) -> None:
@@ -123,7 +131,7 @@ def amortisation(common: list[str], out: Path) -> None:
             separate += run([sys.executable, "-m", "harness", *common,
                              "selector=locally_typical_distance", f"selector.alpha={alpha}",
                              f"selector.top_k={k}", f"hydra.run.dir={out / f'sep{alpha}{k}'}"],
-                            out)
+                            out, label="one job")
     print(f"6-job multirun in one process: {one:.1f} s; 6 separate processes: {separate:.1f} s "
           f"({one / separate:.2f}x)")
     return out / "one"
@@ -131,12 +139,13 @@ def amortisation(common: list[str], out: Path) -> None:
 
 def analysis_cost(sweep: Path, extra: list[str]) -> None:
     cmd = [sys.executable, "-m", "analysis", str(sweep), "wandb=disabled", *extra]
-    first = run(cmd, ROOT)
+    first = run(cmd, ROOT, label="analysis")
     second = run(cmd, ROOT)
-    print(f"analysis of {sweep.name}: first {first:.1f} s, second (cached) {second:.1f} s "
-          f"({second / first:.2f}x)")
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS of the largest child process (a job or an analysis): {rss:.0f} MiB")
+    print(f"analysis of {sweep.name} (6 jobs): first {first:.1f} s, second (unchanged sweep, "
+          f"cached) {second:.1f} s ({second / first:.2f}x)")
+    for label, mib in PEAK_RSS_MIB.items():
+        if label:
+            print(f"peak RSS, {label} process: {mib:.0f} MiB")
 
 
 def main() -> None:

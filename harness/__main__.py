@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness.runner import JobConfig, JobError, run_job
+from harness.runner import JobConfig, run_job
 
 log = logging.getLogger("harness")
 
@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> None:
     wandb_dir = Path(hydra_cfg.sweep.dir) if multirun else job_dir
     try:
         path = run_job(cfg, job_dir, wandb_dir=wandb_dir, name=job_dir.name)
-    except (JobError, FloatingPointError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as error:
         log.error("job %s stopped: %s Records already written in %s are kept; re-running the "
                   "same command resumes.", job_dir, error, job_dir)
         sys.exit(1)

@@ -27,7 +27,7 @@ from torch import Tensor
 from transformers import LogitsProcessor
 
 NEG_INF = float("-inf")
-SMALL_KEPT_SET = 64  # diagnostics rank kept sets up to this size by counting, not sorting
+RANK_BY_COUNTING = 256  # diagnostics rank this many top tokens by counting, more by a sort
 
 
 def entropy(logp: Tensor) -> Tensor:
@@ -136,16 +136,13 @@ def diagnose_prepared(logits: Tensor, keep: Tensor) -> StepDiagnostics:
     topk_identical = at_least_as_probable == kept
     if bool(topk_identical.all()):
         mean_rank = (kept - 1) / 2
-    elif int(kept.max()) <= SMALL_KEPT_SET:
-        # Few kept tokens (the locally typical methods): rank each by counting, no sort.
-        width = int(kept.max())
-        kept_index = keep.float().topk(width, dim=-1, sorted=False).indices
-        kept_logit = logits.gather(-1, kept_index)[..., None]
-        index = torch.arange(logits.shape[-1], device=logits.device)
-        ranks = (logits[:, None, :] > kept_logit).sum(-1) + (
-            (logits[:, None, :] == kept_logit) & (index < kept_index[..., None])).sum(-1)
-        is_kept = keep.gather(-1, kept_index)
-        mean_rank = (ranks * is_kept).sum(-1) / kept
+    elif (depth := int(at_least_as_probable.max())) <= RANK_BY_COUNTING:
+        # Ranking needs only the tokens at least as probable as the least probable kept one
+        # (a few dozen for the locally typical methods): one topk, then count within it.
+        values, index = logits.topk(depth, dim=-1)
+        ahead = (values[:, None, :] > values[:, :, None]) | (
+            (values[:, None, :] == values[:, :, None]) & (index[:, None, :] < index[:, :, None]))
+        mean_rank = (ahead.sum(-1) * keep.gather(-1, index)).sum(-1) / kept
     else:
         position = logits.sort(dim=-1, descending=True, stable=True).indices.argsort(-1)
         mean_rank = (position * keep).sum(-1) / kept

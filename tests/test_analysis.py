@@ -133,3 +133,23 @@ def test_wandb_offline_runs_land_in_the_sweep_dir(tmp_path):
     assert any(r.name.endswith(run_id) for r in runs)  # generation run (and its write-back)
     assert len(runs) >= 3  # + the analysis run
     assert all(list(r.glob("*.wandb")) for r in runs)
+
+
+def test_shards_are_merged_into_one_row(tmp_path):
+    from harness.runner import run_job
+    from tests.conftest import compose
+
+    for shard in range(2):
+        cfg = compose(*TINY, "dataset.limit=10", "generation.seeds=[0]", "selector=top_k",
+                      f"dataset.shard={shard}", "dataset.num_shards=2")
+        run_job(cfg, tmp_path / f"top_k,shard={shard}")
+    summary = analyse([tmp_path], config())
+    assert list(summary["method"]) == ["top_k", "human"]
+    assert list(summary["n"]) == [10, 10]
+
+
+def test_all_empty_continuations_leave_mauve_blank_not_a_crash():
+    from analysis.table import text_metrics
+
+    row = text_metrics(["a prompt"] * 3, ["", " ", ""], ["x y z"] * 3, config().metrics, None)
+    assert row["n"] == 3 and "mauve" not in row and math.isnan(row["rep_2"])

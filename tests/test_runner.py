@@ -219,3 +219,9 @@ def test_submitit_local_launcher_runs_a_grid(tmp_path):
     assert done.returncode == 0, done.stderr
     jobs = sorted((tmp_path / "multirun" / "adhoc").glob("*/generations.jsonl"))
     assert [len(records(j)) for j in jobs] == [2, 2]
+
+
+def test_an_unknown_model_source_is_a_clear_error(tmp_path):
+    bad = cli("harness", *TINY, "model=hub", "model.source=/no/such/model", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "model.source='/no/such/model' could not be loaded" in bad.stderr
