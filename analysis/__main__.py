@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from analysis import features
 from analysis.load import find_jobs
 from analysis.plots import make_plots
 from analysis.table import MetricsConfig, human_row, job_rows, summarize, write_tables
@@ -75,7 +76,8 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     if cfg.write_back and cfg.wandb.mode != "disabled":
         write_back(jobs, per_seed, cfg.wandb, out)
     print(markdown)
-    log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv and %d plots", out, len(plots))
+    log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv and %d plots; embedded %d texts "
+             "(everything else came from the cache)", out, len(plots), features.stats["embedded"])
     return summary
 
 

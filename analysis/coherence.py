@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from analysis.features import disk_cached, featurize
-from harness.models import ModelConfig, load_model
 
 
 @dataclass
@@ -42,6 +40,10 @@ def token_log_likelihoods(prompts: list[str], continuations: list[str],
     """``[n, 2]``: summed log-likelihood of each continuation's tokens given its prompt, and
     the number of those tokens (0 for an empty continuation)."""
     def compute() -> np.ndarray:
+        import torch  # not needed when the likelihoods are cached (see analysis.features)
+
+        from harness.models import ModelConfig, load_model
+
         loaded = load_model(ModelConfig(name=cfg.scorer, source=cfg.scorer))
         tok, model = loaded.tokenizer, loaded.model
         out = []

@@ -21,9 +21,8 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from harness.models import ModelConfig, cache_dir, load_model
+from harness import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +41,17 @@ def minilm_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+# torch, transformers and sentence-transformers are imported where texts are embedded: they
+# take seconds to import, and an analysis whose features are all cached needs none of them.
+
+
 @cache
 def _minilm():
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(minilm_path()), device="cpu" if not torch.cuda.is_available()
-                               else "cuda")
+    return SentenceTransformer(str(minilm_path()),
+                               device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _embed_minilm(texts: list[str], max_tokens: int, batch_size: int) -> np.ndarray:
@@ -58,6 +62,10 @@ def _embed_minilm(texts: list[str], max_tokens: int, batch_size: int) -> np.ndar
 
 
 def _embed_lm(texts: list[str], source: str, max_tokens: int, batch_size: int) -> np.ndarray:
+    import torch
+
+    from harness.models import ModelConfig, load_model
+
     loaded = load_model(ModelConfig(name=source, source=source))
     tokenizer, model = loaded.tokenizer, loaded.model
     out = []

@@ -18,8 +18,9 @@ log = logging.getLogger("harness")
 
 
 def job_dirname(method: str, overrides: str) -> str:
-    """``top_k`` or ``top_k,selector.top_k=5``: readable, and the same for the same job."""
-    return ",".join(part for part in (method, overrides) if part)
+    """``top_k`` or ``top_k,selector.top_k=5``: readable, and the same for the same job
+    (a path in a value, say ``dataset.data_files=a/b.jsonl``, stays one folder)."""
+    return ",".join(part for part in (method, overrides) if part).replace("/", "_")
 
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)

@@ -2,8 +2,9 @@
 
 import logging
 
+from harness import cache_dir
 from harness.data import build_austen, build_tiny
-from harness.models import build_smollm2, cache_dir
+from harness.models import build_smollm2
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")

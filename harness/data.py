@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from harness.models import cache_dir
+from harness import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +28,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from harness import cache_dir
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Root of the built assets: ``$HARNESS_CACHE``, else ``~/.cache/decoding-harness``."""
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "decoding-harness"))
 
 
 @dataclass

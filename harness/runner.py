@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RECORDS = "generations.jsonl"
 JOB = "job.yaml"
+TIMING = "timing.json"
 # Keys that do not change what a (prompt, seed) record holds, so changing them keeps resuming.
 UNHASHED = ("sweep", "wandb", "generation.seeds", "generation.samples_to_log", "model.device")
 
@@ -230,6 +231,12 @@ def run_job(cfg: DictConfig, job_dir: Path, wandb_dir: Path | None = None,
                 bar.update(len(batches[b]))
                 if run is not None:
                     run.log({"tokens_per_s": rate, "prompts_done": bar.n})
+        timing = {"generate_seconds": time.perf_counter() - started, "new_tokens": new_tokens,
+                  "batches": len(todo)}
+        timing["tokens_per_s"] = new_tokens / timing["generate_seconds"] if todo else 0.0
+        (job_dir / TIMING).write_text(json.dumps(timing) + "\n")  # this invocation's
+        if run is not None:
+            run.summary.update(timing)
         if run is not None and samples:
             import wandb
 

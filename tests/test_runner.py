@@ -224,4 +224,4 @@ def test_submitit_local_launcher_runs_a_grid(tmp_path):
 def test_an_unknown_model_source_is_a_clear_error(tmp_path):
     bad = cli("harness", *TINY, "model=hub", "model.source=/no/such/model", cwd=tmp_path)
     assert bad.returncode == 1
-    assert "model.source='/no/such/model' could not be loaded" in bad.stderr
+    assert "model.source='/no/such/model' could not be loaded" in bad.stdout + bad.stderr
