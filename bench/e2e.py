@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 
 from bench.selectors import machine
 from bench.selectors import seconds as time_call
+from harness import cache_dir
 from harness.data import load_prompts
 from harness.models import load_model
 from harness.runner import TIMING, build_selector, run_job
@@ -74,49 +76,54 @@ def harness_generate(cfg, job_dir: Path) -> tuple[float, int]:
     return elapsed, sum(json.loads(line)["num_tokens"] for line in path.read_text().splitlines())
 
 
-def selector_seconds(fn, device) -> float:
-    return time_call(fn, device, 7)
-
-
-def throughput(common: list[str], out: Path) -> None:
+def throughput(common: list[str], out: Path, repeats: int) -> None:
+    """Tokens/s of the harness vs the bare call, best of ``repeats`` interleaved runs (this
+    machine's speed drifts by several percent from minute to minute)."""
     base_cfg = compose([*common, *SELECTORS[0]])
-    load_model(OmegaConf.to_object(base_cfg.model))  # load outside the timings
+    loaded = load_model(OmegaConf.to_object(base_cfg.model))  # loaded outside the timings
     bare_generate(base_cfg, [99])  # warm-up
-    seconds, tokens = bare_generate(base_cfg, list(base_cfg.generation.seeds))
-    bare = tokens / seconds
-    print(f"bare model.generate(top_k=10): {tokens} tokens in {seconds:.2f} s = {bare:.1f} tok/s")
-    loaded = load_model(OmegaConf.to_object(base_cfg.model))
+    bare_rates, harness_rates = [], {i: [] for i in range(len(SELECTORS))}
+    for repeat in range(repeats):
+        seconds, tokens = bare_generate(base_cfg, list(base_cfg.generation.seeds))
+        bare_rates.append(tokens / seconds)
+        for i, overrides in enumerate(SELECTORS):
+            cfg = compose([*common, *overrides])
+            seconds, tokens = harness_generate(cfg, out / f"{repeat}_{'_'.join(overrides)}")
+            harness_rates[i].append(tokens / seconds)
+    bare = max(bare_rates)
+    print(f"bare model.generate(top_k=10): {bare:.1f} tok/s (best of {repeats}: "
+          f"{', '.join(f'{r:.1f}' for r in bare_rates)})")
+    for i, overrides in enumerate(SELECTORS):
+        rate = max(harness_rates[i])
+        print(f"harness {' '.join(overrides):62s}: {rate:.1f} tok/s = {rate / bare:.3f}x bare")
     batch = base_cfg.generation.batch_size
     logits = torch.randn(batch, loaded.model.config.vocab_size, device=loaded.device) * 3
-    step = seconds * batch / tokens  # one decoding step of the whole batch
+    step = batch / bare  # seconds of one decoding step of the whole batch
     for overrides in SELECTORS:
         selector = build_selector(compose([*common, *overrides]).selector)
         proc = selector.logits_processor(record=True)
-        cost = selector_seconds(lambda p=proc: p(None, logits), loaded.device)
+        cost = time_call(lambda p=proc: p(None, logits), loaded.device, 7)
         print(f"  {overrides[0]:42s} processor + diagnostics: {cost * 1e3:.3f} ms/step = "
               f"{cost / step:.1%} of a {step * 1e3:.1f} ms decoding step")
-    for overrides in SELECTORS:
-        cfg = compose([*common, *overrides])
-        seconds, tokens = harness_generate(cfg, out / "_".join(overrides))
-        rate = tokens / seconds
-        print(f"harness {' '.join(overrides):60s}: {tokens} tokens in {seconds:.2f} s = "
-              f"{rate:.1f} tok/s = {rate / bare:.3f}x bare")
 
 
 PEAK_RSS_MIB: dict[str, float] = {}
 
 
-def run(cmd: list[str], cwd: Path, label: str = "") -> float:
-    """Wall time of ``cmd``; its own peak RSS goes into ``PEAK_RSS_MIB[label]``."""
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    _, status, usage = os.wait4(child.pid, 0)
-    elapsed = time.perf_counter() - start
+def run(cmd: list[str], cwd: Path, label: str = "", **env: str) -> tuple[float, str]:
+    """Wall time and stderr of ``cmd``; its own peak RSS goes into ``PEAK_RSS_MIB[label]``."""
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - start
+        stderr.seek(0)
+        text = stderr.read().decode(errors="replace")
     if status:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {child.stderr.read().decode()[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed: {text[-2000:]}")
     PEAK_RSS_MIB[label] = max(PEAK_RSS_MIB.get(label, 0.0), usage.ru_maxrss / 1024)
-    return elapsed
+    return elapsed, text
 
 
 def amortisation(common: list[str], out: Path) -> Path:
@@ -125,11 +132,11 @@ def amortisation(common: list[str], out: Path) -> Path:
     grid = ["selector=locally_typical_distance", "selector.alpha=0.2,0.5,1.0",
             "selector.top_k=5,10"]
     cfg = compose(common)
-    start_and_load = run([sys.executable, "-c", "from harness.models import ModelConfig, "
-                          f"load_model; load_model(ModelConfig(source={cfg.model.source!r}))"],
-                         out)
-    one = run([sys.executable, "-m", "harness", "-m", *common, *grid,
-               f"hydra.sweep.dir={out / 'one'}"], out)
+    start_and_load, _ = run([sys.executable, "-c", "from harness.models import ModelConfig, "
+                             f"load_model; load_model(ModelConfig(source={cfg.model.source!r}))"],
+                            out)
+    one, _ = run([sys.executable, "-m", "harness", "-m", *common, *grid,
+                  f"hydra.sweep.dir={out / 'one'}"], out)
     generation = sum(json.loads(p.read_text())["generate_seconds"]
                      for p in (out / "one").glob(f"*/{TIMING}"))
     separate = 0.0
@@ -138,7 +145,7 @@ def amortisation(common: list[str], out: Path) -> Path:
             separate += run([sys.executable, "-m", "harness", *common,
                              "selector=locally_typical_distance", f"selector.alpha={alpha}",
                              f"selector.top_k={k}", f"hydra.run.dir={out / f'sep{alpha}{k}'}"],
-                            out, label="one job")
+                            out, label="one job")[0]
     floor = start_and_load + generation
     print(f"6-job multirun in one process: {one:.1f} s = {one / floor:.3f}x (process start + "
           f"model load {start_and_load:.1f} s + generation {generation:.1f} s); "
@@ -147,11 +154,26 @@ def amortisation(common: list[str], out: Path) -> Path:
 
 
 def analysis_cost(sweep: Path, extra: list[str]) -> None:
-    cmd = [sys.executable, "-m", "analysis", str(sweep), "wandb=disabled", *extra]
-    first = run(cmd, ROOT, label="analysis")
-    second = run(cmd, ROOT)
-    print(f"analysis of {sweep.name} (6 jobs): first {first:.1f} s, second (unchanged sweep, "
-          f"cached) {second:.1f} s ({second / first:.2f}x)")
+    """First analysis of a sweep (empty feature cache; the built model and corpus are shared)
+    vs the second of the unchanged sweep, with W&B off and with the default offline W&B."""
+    cache = sweep.parent / "analysis-cache"
+    cache.mkdir()
+    for asset in ("models", "data"):
+        (cache / asset).symlink_to(cache_dir() / asset)
+    cmd = [sys.executable, "-m", "analysis", str(sweep), *extra]
+    first, log = run([*cmd, "wandb=disabled"], ROOT, label="analysis", HARNESS_CACHE=str(cache))
+    second, _ = run([*cmd, "wandb=disabled"], ROOT, HARNESS_CACHE=str(cache))
+    offline, _ = run([*cmd, "wandb=offline"], ROOT, HARNESS_CACHE=str(cache))
+    embedded = re.search(r"embedded (\d+) texts", log)
+    jobs = len(list(sweep.glob(f"*/{TIMING}")))
+    prompts = len((next(sweep.glob(f"*/{TIMING}")).parent / "generations.jsonl").read_text()
+                  .splitlines())
+    print(f"analysis of {jobs} jobs x {prompts} prompts: first {first:.1f} s, embedding "
+          f"{embedded.group(1) if embedded else '?'} texts (at most {jobs} x {prompts} "
+          f"continuations + {prompts} references + {prompts} prompts: references and prompts "
+          f"once per sweep, not per job); second, unchanged: {second:.1f} s "
+          f"({second / first:.1%} of the first); second with offline W&B runs and write-back: "
+          f"{offline:.1f} s")
     for label, mib in PEAK_RSS_MIB.items():
         if label:
             print(f"peak RSS, {label} process: {mib:.0f} MiB")
@@ -164,6 +186,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["amortisation", "analysis"])
     args = parser.parse_args()
     model = args.model or ("tiny" if args.smoke else "smollm2")
@@ -175,7 +198,7 @@ def main() -> None:
     print(f"end-to-end on {machine(device)}: {' '.join(common)}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        throughput(common, out)
+        throughput(common, out, 1 if args.smoke else args.repeats)
         if "amortisation" not in args.skip:
             sweep = amortisation(common, out)
             if "analysis" not in args.skip:
