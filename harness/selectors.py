@@ -61,6 +61,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 @dataclass(frozen=True)
 class StepDiagnostics:
     """What a selector kept at one decoding step, one entry per row (tensors of shape [batch]).
@@ -84,7 +88,7 @@ class Selector:
 
     def __init__(self, temperature: float = 1.0) -> None:
         _check(self.name, "temperature", temperature,
-               isinstance(temperature, (int, float)) and temperature > 0, "a float > 0")
+               _is_number(temperature) and temperature > 0, "a float > 0")
         self.temperature = float(temperature)
 
     @property
@@ -249,7 +253,7 @@ class TopP(Selector):
 
     def __init__(self, top_p: float = 0.95, temperature: float = 1.0) -> None:
         super().__init__(temperature)
-        _check(self.name, "top_p", top_p, 0 < top_p <= 1, "a float in (0, 1]")
+        _check(self.name, "top_p", top_p, _is_number(top_p) and 0 < top_p <= 1, "a float in (0, 1]")
         self.top_p = float(top_p)
 
     def cut(self, score: Tensor, logits: Tensor) -> Tensor:
@@ -270,7 +274,8 @@ class Typical(Selector):
 
     def __init__(self, typical_p: float = 0.95, temperature: float = 1.0) -> None:
         super().__init__(temperature)
-        _check(self.name, "typical_p", typical_p, 0 < typical_p < 1, "a float in (0, 1)")
+        _check(self.name, "typical_p", typical_p, _is_number(typical_p) and 0 < typical_p < 1,
+               "a float in (0, 1)")
         self.typical_p = float(typical_p)
 
     def score(self, logits: Tensor) -> Tensor:
@@ -300,7 +305,8 @@ class MinP(_ProbabilityThreshold):
 
     def __init__(self, min_p: float = 0.1, temperature: float = 1.0) -> None:
         super().__init__(temperature)
-        _check(self.name, "min_p", min_p, 0 <= min_p <= 1, "a float in [0, 1]")
+        _check(self.name, "min_p", min_p, _is_number(min_p) and 0 <= min_p <= 1,
+               "a float in [0, 1]")
         self.min_p = float(min_p)
 
     def threshold(self, probs: Tensor, logits: Tensor) -> Tensor:
@@ -315,7 +321,8 @@ class Epsilon(_ProbabilityThreshold):
 
     def __init__(self, epsilon: float = 3e-4, temperature: float = 1.0) -> None:
         super().__init__(temperature)
-        _check(self.name, "epsilon", epsilon, 0 < epsilon < 1, "a float in (0, 1)")
+        _check(self.name, "epsilon", epsilon, _is_number(epsilon) and 0 < epsilon < 1,
+               "a float in (0, 1)")
         self.epsilon = float(epsilon)
 
     def threshold(self, probs: Tensor, logits: Tensor) -> float:
@@ -330,7 +337,7 @@ class Eta(_ProbabilityThreshold):
 
     def __init__(self, eta: float = 3e-4, temperature: float = 1.0) -> None:
         super().__init__(temperature)
-        _check(self.name, "eta", eta, 0 < eta < 1, "a float in (0, 1)")
+        _check(self.name, "eta", eta, _is_number(eta) and 0 < eta < 1, "a float in (0, 1)")
         self.eta = float(eta)
 
     def threshold(self, probs: Tensor, logits: Tensor) -> Tensor:
@@ -348,7 +355,7 @@ class TopNSigma(Selector):
 
     def __init__(self, n_sigma: float = 1.0, temperature: float = 1.0) -> None:
         super().__init__(temperature)
-        _check(self.name, "n_sigma", n_sigma, n_sigma >= 0, "a float >= 0")
+        _check(self.name, "n_sigma", n_sigma, _is_number(n_sigma) and n_sigma >= 0, "a float >= 0")
         self.n_sigma = float(n_sigma)
 
     def cut(self, score: Tensor, logits: Tensor) -> Tensor:
@@ -368,11 +375,12 @@ class _Distance(Selector):
     def __init__(self, alpha: float, top_k: int | None, mass: float | None,
                  temperature: float) -> None:
         super().__init__(temperature)
-        _check(self.name, "alpha", alpha, isinstance(alpha, (int, float)) and alpha >= 0,
+        _check(self.name, "alpha", alpha, _is_number(alpha) and alpha >= 0,
                "a float >= 0")
         _check(self.name, "top_k", top_k, top_k is None or (_is_int(top_k) and top_k >= 1),
                "an integer >= 1 (or null with mass set)")
-        _check(self.name, "mass", mass, mass is None or 0 < mass <= 1, "a float in (0, 1] or null")
+        _check(self.name, "mass", mass, mass is None or (_is_number(mass) and 0 < mass <= 1),
+               "a float in (0, 1] or null")
         if top_k is None and mass is None:
             raise ValueError(f"{self.name}: top_k and mass are both null; set at least one.")
         self.alpha, self.top_k, self.mass = float(alpha), top_k, mass

@@ -255,6 +255,8 @@ def test_mass_cut_on_distances_is_the_shorter_prefix(method, params, mass):
         ("top_n_sigma", {"n_sigma": -1}, "n_sigma=-1"),
         ("greedy", {"temperature": 0.0}, "temperature=0.0"),
         ("top_k", {"alpha": 0.5}, "alpha=0.5"),
+        ("top_p", {"top_p": "high"}, "top_p='high'"),
+        ("locally_typical_distance", {"alpha": float("nan")}, "alpha=nan"),
         ("nucleus", {}, "'nucleus'"),
     ],
 )
