@@ -166,7 +166,7 @@ class SelectorLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: Tensor) -> Tensor:
         self.calls += 1
         logits = self.selector.prepare(scores)
-        if torch.isnan(logits).any():
+        if logits.amax().isnan():  # max propagates NaN: one pass, no temporary
             raise FloatingPointError(
                 f"the model produced NaN logits at generated position {self.calls} "
                 f"({self.selector.name}); nothing is sampled from NaN. Run the model in float32 "
