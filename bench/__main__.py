@@ -1,7 +1,10 @@
-"""``make bench``: every benchmark, printed with its machine. Results: bench/RESULTS.md."""
+"""``make bench``: every benchmark, printed with its machine. Results: bench/RESULTS.md.
+
+python -m bench [--smoke]
+"""
 
 import subprocess
 import sys
 
 for module in ("bench.selectors", "bench.e2e"):
-    subprocess.run([sys.executable, "-m", module, *sys.argv[1:]], check=True)
+    subprocess.run([sys.executable, "-m", module, *sys.argv[1:2]], check=True)
