@@ -129,6 +129,23 @@ def tiny_model(vocab_size: int) -> PreTrainedModel:
         return LlamaForCausalLM(config)
 
 
+def llama3_8b_random(device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    """Llama-3-8B's shape with random weights, built directly on ``device`` in ``dtype``
+    (16 GB in bfloat16; no float32 copy on the way)."""
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+        rope_theta=500000.0, eos_token_id=128001, bos_token_id=128000,
+    )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 _CACHE: dict[tuple, LoadedModel] = {}
 
 
@@ -144,11 +161,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         model = tiny_model(len(tokenizer))
     elif cfg.source == "random:llama3-8b":
         tokenizer = tiny_tokenizer()
-        with torch.device(device):
-            model = LlamaForCausalLM(LlamaConfig(
-                vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                max_position_embeddings=8192, rope_theta=500000.0, dtype=dtype)).to(dtype)
+        model = llama3_8b_random(device, dtype)
     else:
         path = build_smollm2() if cfg.source == "bundled:smollm2" else cfg.source
         try:
