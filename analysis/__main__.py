@@ -21,7 +21,14 @@ from tqdm.auto import tqdm
 from analysis import features
 from analysis.load import find_jobs
 from analysis.plots import make_plots
-from analysis.table import MetricsConfig, human_row, job_rows, summarize, write_tables
+from analysis.table import (
+    MetricsConfig,
+    human_rows,
+    job_rows,
+    reference_keys,
+    summarize,
+    write_tables,
+)
 from harness.tracking import WandbConfig, wandb_run
 
 log = logging.getLogger("analysis")
@@ -54,10 +61,9 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             log.error("job %s could not be analysed: %s", job.name, error)
             selector = dict(job.config["selector"])
-            rows.append({"method": selector.pop("method"), **selector, "job": job.name,
-                         "model": job.config["model"]["name"], "n": len(job.records),
-                         "dataset": job.config["dataset"]["name"], "seed": 0})
-    rows.append(human_row(jobs, cfg.metrics))
+            rows.append({"method": selector.pop("method"), **selector, **reference_keys(job),
+                         "job": job.name, "n": len(job.records), "seed": 0})
+    rows += human_rows(jobs, cfg.metrics)
     per_seed = pd.DataFrame(rows)
     summary = summarize(per_seed)
     markdown = write_tables(per_seed, summary, out, cfg.metrics.mauve.min_samples)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 PARAMETERS = ["alpha", "top_k", "mass", "top_p", "typical_p", "min_p", "epsilon", "eta",
               "n_sigma", "temperature"]
-KEYS = ["method", *PARAMETERS, "model", "dataset"]
+KEYS = ["method", *PARAMETERS, "model", "dataset", "max_new_tokens"]
 METRICS = ["mauve", "diversity", "rep_2", "rep_3", "rep_4", "distinct_1", "distinct_2",
            "distinct_3", "distinct_4", "coherence", "coherence_ll", "perplexity", "mean_tokens",
            "eos_rate", "topk_identical_rate", "kept_mean", "mass_mean", "rank_mean"]
@@ -72,8 +72,8 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
 def job_rows(job: Job, cfg: MetricsConfig) -> list[dict]:
     """One row per generation seed of ``job``."""
     selector = dict(job.config["selector"])
-    base = {"method": selector.pop("method"), **selector, "model": job.config["model"]["name"],
-            "dataset": job.config["dataset"]["name"], "job": job.name}
+    base = {"method": selector.pop("method"), **selector, **reference_keys(job),
+            "job": job.name}
     generator = job.config["model"]["source"]
     rows = []
     for seed in sorted({r["seed"] for r in job.records}):
@@ -92,16 +92,30 @@ def job_rows(job: Job, cfg: MetricsConfig) -> list[dict]:
     return rows
 
 
-def human_row(jobs: list[Job], cfg: MetricsConfig) -> dict:
-    """The references themselves, over every prompt any job saw."""
-    by_prompt = {r["prompt_id"]: r for job in jobs for r in job.records}
-    records = [by_prompt[i] for i in sorted(by_prompt)]
-    references = [r["reference"] for r in records]
-    row = {"method": "human", "model": "", "dataset": jobs[0].config["dataset"]["name"]}
-    row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
-                            jobs[0].config["model"]["source"]))
-    row["mean_tokens"] = float(jobs[0].config["generation"]["max_new_tokens"])  # by construction
-    return row
+def reference_keys(job: Job) -> dict:
+    """What defines a job's references: the next max_new_tokens tokens (of the model's
+    tokenizer) of the dataset's documents."""
+    return {"model": job.config["model"]["name"], "dataset": job.config["dataset"]["name"],
+            "max_new_tokens": job.config["generation"]["max_new_tokens"]}
+
+
+def human_rows(jobs: list[Job], cfg: MetricsConfig) -> list[dict]:
+    """The references themselves, one row per kind of reference, over every prompt any job
+    with those references saw."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(reference_keys(job).values()), []).append(job)
+    rows = []
+    for group in groups.values():
+        by_prompt = {r["prompt_id"]: r for job in group for r in job.records}
+        records = [by_prompt[i] for i in sorted(by_prompt)]
+        references = [r["reference"] for r in records]
+        row = {"method": "human", **reference_keys(group[0])}
+        row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
+                                group[0].config["model"]["source"]))
+        row["mean_tokens"] = float(row["max_new_tokens"])  # references have exactly this many
+        rows.append(row)
+    return rows
 
 
 def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -121,13 +135,14 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
             if lists.notna().any() else math.nan)
     summary = summary.reset_index().replace("", math.nan)
     order = ["method", *[p for p in PARAMETERS if p in summary], "n", "seeds", "mauve",
-             "mauve_std", *[m for m in METRICS if m != "mauve"], "model", "dataset"]
+             "mauve_std", *[m for m in METRICS if m != "mauve"], "model", "dataset",
+             "max_new_tokens"]
     summary = summary[[c for c in order if c in summary]]
     summary = summary.dropna(axis=1, how="all")
     is_human = summary["method"] == "human"
-    return pd.concat([summary[~is_human].sort_values(
-        ["method", *[p for p in PARAMETERS if p in summary]], na_position="first"),
-        summary[is_human]], ignore_index=True)
+    order = [k for k in KEYS if k in summary]
+    return pd.concat([summary[~is_human].sort_values(order, na_position="first"),
+                      summary[is_human].sort_values(order)], ignore_index=True)
 
 
 def render_markdown(summary: pd.DataFrame, min_samples: int) -> str:

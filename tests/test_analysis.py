@@ -153,3 +153,16 @@ def test_all_empty_continuations_leave_mauve_blank_not_a_crash():
 
     row = text_metrics(["a prompt"] * 3, ["", " ", ""], ["x y z"] * 3, config().metrics, None)
     assert row["n"] == 3 and "mauve" not in row and math.isnan(row["rep_2"])
+
+
+def test_jobs_with_other_reference_lengths_get_their_own_rows(tmp_path):
+    from harness.runner import run_job
+    from tests.conftest import compose
+
+    for new in (8, 16):
+        cfg = compose(*TINY, "dataset.limit=10", "generation.seeds=[0]", "selector=top_k",
+                      f"generation.max_new_tokens={new}")
+        run_job(cfg, tmp_path / f"top_k,new={new}")
+    summary = analyse([tmp_path], config())
+    assert list(zip(summary["method"], summary["max_new_tokens"], strict=True)) == [
+        ("top_k", 8), ("top_k", 16), ("human", 8), ("human", 16)]
