@@ -63,7 +63,10 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
             selector = dict(job.config["selector"])
             rows.append({"method": selector.pop("method"), **selector, **reference_keys(job),
                          "job": job.name, "n": len(job.records), "seed": 0})
-    rows += human_rows(jobs, cfg.metrics)
+    try:
+        rows += human_rows(jobs, cfg.metrics)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        log.error("the human references could not be analysed: %s", error)
     per_seed = pd.DataFrame(rows)
     summary = summarize(per_seed)
     markdown = write_tables(per_seed, summary, out, cfg.metrics.mauve.min_samples)

@@ -46,26 +46,36 @@ class MetricsConfig:
 
 
 def text_metrics(prompts: list[str], texts: list[str], references: list[str],
-                 cfg: MetricsConfig, generator: str | None) -> dict:
-    """Every metric of one set of texts; MAUVE against the references of the same prompts."""
+                 cfg: MetricsConfig, generator: str | None, label: str) -> dict:
+    """Every metric of one set of texts; MAUVE against the references of the same prompts.
+    A metric family that fails (a featurizer that cannot load, too few samples for k-means)
+    is logged under ``label`` and left blank; the others are still computed."""
     row: dict = {"n": len(texts), **diversity_metrics(texts, cfg.diversity.skip_last_ngram)}
     if not any(t.strip() for t in texts):
-        log.warning("all %d continuations are empty: MAUVE and coherence left blank", len(texts))
+        log.warning("%s: all %d texts are empty; MAUVE and coherence left blank", label,
+                    len(texts))
         return row
-    row["coherence"] = float(np.mean(embedding_coherence(prompts, texts, cfg.coherence,
-                                                         generator)))
-    row.update(likelihood_metrics(token_log_likelihoods(prompts, texts, cfg.coherence)))
-    if texts is not references:
+
+    def coherence() -> dict:
+        similarity = embedding_coherence(prompts, texts, cfg.coherence, generator)
+        return {"coherence": float(np.mean(similarity))}
+
+    def mauve() -> dict:
         m = cfg.mauve
         p = featurize(references, m.featurizer, m.max_tokens, generator)
         q = featurize(texts, m.featurizer, m.max_tokens, generator)
+        scores = disk_cached("mauve", [vars(m), references, texts], lambda: mauve_scores(p, q, m))
+        return {"mauve": float(np.mean(scores)), "mauve_values": list(scores)}
+
+    families = {"coherence": coherence, "coherence_ll and perplexity": lambda: likelihood_metrics(
+        token_log_likelihoods(prompts, texts, cfg.coherence))}
+    if texts is not references:
+        families["MAUVE"] = mauve
+    for name, compute in families.items():
         try:
-            scores = disk_cached("mauve", [vars(m), references, texts],
-                                 lambda: mauve_scores(p, q, m))
-        except (RuntimeError, ValueError) as error:  # too few samples for k-means, ...
-            log.warning("MAUVE failed on %d samples (%s): left blank", len(texts), error)
-        else:
-            row["mauve"], row["mauve_values"] = float(np.mean(scores)), list(scores)
+            row.update(compute())
+        except (ValueError, RuntimeError, OSError) as error:
+            log.warning("%s: %s left blank: %s", label, name, error)
     return row
 
 
@@ -82,7 +92,8 @@ def job_rows(job: Job, cfg: MetricsConfig) -> list[dict]:
         row = {**base, "seed": seed}
         row.update(text_metrics([r["prompt"] for r in records],
                                 [r["continuation"] for r in records],
-                                [r["reference"] for r in records], cfg, generator))
+                                [r["reference"] for r in records], cfg, generator,
+                                f"job {job.name}, seed {seed}"))
         row["mean_tokens"] = float(np.mean([r["num_tokens"] for r in records]))
         row["eos_rate"] = float(np.mean([r["finish_reason"] == "eos" for r in records]))
         for key in ("topk_identical_rate", "kept_mean", "mass_mean", "rank_mean"):
@@ -112,7 +123,7 @@ def human_rows(jobs: list[Job], cfg: MetricsConfig) -> list[dict]:
         references = [r["reference"] for r in records]
         row = {"method": "human", **reference_keys(group[0])}
         row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
-                                group[0].config["model"]["source"]))
+                                group[0].config["model"]["source"], "human references"))
         row["mean_tokens"] = float(row["max_new_tokens"])  # references have exactly this many
         rows.append(row)
     return rows

@@ -112,7 +112,10 @@ def test_missing_sweep_dir_and_unknown_featurizer_are_clear(tiny_sweep, tmp_path
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
     summary = analyse([tiny_sweep], config("metrics.mauve.featurizer=nonsense"))
-    assert summary["mauve"].isna().all() if "mauve" in summary else True
+    assert "mauve" not in summary and len(summary) == 12  # every job still has its row
+    assert summary["coherence"].notna().all() and summary["diversity"].notna().all()
+    summary = analyse([tiny_sweep], config("metrics.coherence.embedder=nonsense"))
+    assert "coherence" not in summary and summary["mauve"].iloc[:-1].notna().all()
 
 
 def test_wandb_offline_runs_land_in_the_sweep_dir(tmp_path):
@@ -151,7 +154,8 @@ def test_shards_are_merged_into_one_row(tmp_path):
 def test_all_empty_continuations_leave_mauve_blank_not_a_crash():
     from analysis.table import text_metrics
 
-    row = text_metrics(["a prompt"] * 3, ["", " ", ""], ["x y z"] * 3, config().metrics, None)
+    row = text_metrics(["a prompt"] * 3, ["", " ", ""], ["x y z"] * 3, config().metrics, None,
+                       "test")
     assert row["n"] == 3 and "mauve" not in row and math.isnan(row["rep_2"])
 
 
