@@ -17,9 +17,13 @@ def label(row: pd.Series) -> str:
     return " ".join([SHORT.get(row["method"], row["method"]), *params])
 
 
-def mauve_vs_diversity(summary: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 6))
+def mauve_vs_diversity(summary: pd.DataFrame, path: Path) -> bool:
+    if not {"mauve", "diversity"} <= set(summary):
+        return False
     runs = summary[summary["method"] != "human"].dropna(subset=["mauve", "diversity"])
+    if runs.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 6))
     for method, group in runs.groupby("method"):
         ax.scatter(group["diversity"] * 100, group["mauve"] * 100, label=method, s=40)
     # Paired seeding makes equivalent selectors land on the same point: one label for all.
@@ -27,16 +31,17 @@ def mauve_vs_diversity(summary: pd.DataFrame, path: Path) -> None:
         ax.annotate(" =\n".join(label(row) for _, row in group.iterrows()), (x, y),
                     fontsize=7, xytext=(-6, 0), textcoords="offset points", ha="right",
                     va="center")
-    human = summary[summary["method"] == "human"]
-    if not human.empty and pd.notna(human["diversity"].iloc[0]):
-        ax.axvline(human["diversity"].iloc[0] * 100, color="black", linestyle="--",
-                   label="human diversity")
+    humans = summary[summary["method"] == "human"].dropna(subset=["diversity"])
+    for _, human in humans.iterrows():
+        ax.axvline(human["diversity"] * 100, color="black", linestyle="--", label=(
+            f"human diversity ({human['dataset']}, {human['max_new_tokens']:g} tokens)"))
     ax.set(xlabel="diversity (x100)", ylabel="MAUVE (x100)",
            title="MAUVE vs diversity (LT: locally_typical, LTD: locally_typical_distance)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def metric_vs_alpha(summary: pd.DataFrame, metric: str, path: Path) -> bool:
@@ -84,8 +89,7 @@ def heatmap(summary: pd.DataFrame, method: str, metric: str, path: Path) -> bool
 def make_plots(summary: pd.DataFrame, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    if {"mauve", "diversity"} <= set(summary):
-        mauve_vs_diversity(summary, directory / "mauve_vs_diversity.png")
+    if mauve_vs_diversity(summary, directory / "mauve_vs_diversity.png"):
         written.append(directory / "mauve_vs_diversity.png")
     for metric in ("mauve", "diversity", "coherence", "topk_identical_rate"):
         if metric_vs_alpha(summary, metric, directory / f"{metric}_vs_alpha.png"):
