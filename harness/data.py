@@ -62,14 +62,13 @@ def build_austen(target: Path | None = None) -> Path:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            subprocess.run(["apt-get", "download", AUSTEN_PACKAGE], cwd=tmp, check=True,
-                           capture_output=True)
+            download_deb(AUSTEN_PACKAGE, Path(tmp))
             deb = next(Path(tmp).glob("*.deb"))
             subprocess.run(["dpkg-deb", "-x", str(deb), "unpacked"], cwd=tmp, check=True)
         except (OSError, subprocess.CalledProcessError, StopIteration) as error:
             raise RuntimeError(
                 f"could not fetch Debian's {AUSTEN_PACKAGE} ({error}); the Austen corpus needs "
-                "apt-get and dpkg-deb with Debian's package index (run `apt-get update` once)."
+                "apt-get and dpkg-deb with Debian's package index (`sudo apt-get update` once)."
             ) from error
         base = next(Path(tmp, "unpacked").rglob("janeaustenr/data/Rdata.rdx")).with_suffix("")
         books = read_r_lazyload(base)
@@ -85,19 +84,28 @@ def build_austen(target: Path | None = None) -> Path:
     return target
 
 
+def download_deb(package: str, directory: Path) -> None:
+    """``apt-get download``; a fresh machine's empty package index is refreshed once first."""
+    command = ["apt-get", "download", package]
+    if subprocess.run(command, cwd=directory, capture_output=True).returncode != 0:
+        log.info("apt-get could not find %s: refreshing the package index once", package)
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(command, cwd=directory, check=True, capture_output=True)
+
+
 def read_r_lazyload(base: Path) -> dict[str, list[str]]:
     """Variables of an R lazy-load database (``base.rdx`` index + ``base.rdb`` zlib chunks)."""
     import rdata
 
-    with warnings.catch_warnings():  # the index is a gzipped RDS that rdata does not recognise
-        warnings.simplefilter("ignore", UserWarning)
-        index = rdata.read_rds(base.with_suffix(".rdx"))
     blob = base.with_suffix(".rdb").read_bytes()
     out = {}
-    for name, (offset, length) in index["variables"].items():
-        chunk = blob[int(offset) : int(offset) + int(length)]
-        parsed = rdata.parser.parse_data(zlib.decompress(chunk[4:]))  # 4 bytes: raw length
-        out[name] = [str(line) for line in rdata.conversion.convert(parsed)]
+    with warnings.catch_warnings():  # rdata warns that headerless serialized data is "assumed RDS"
+        warnings.simplefilter("ignore", UserWarning)
+        index = rdata.read_rds(base.with_suffix(".rdx"))
+        for name, (offset, length) in index["variables"].items():
+            chunk = blob[int(offset) : int(offset) + int(length)]
+            parsed = rdata.parser.parse_data(zlib.decompress(chunk[4:]))  # 4 bytes: raw length
+            out[name] = [str(line) for line in rdata.conversion.convert(parsed)]
     return out
 
 
