@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -23,6 +24,10 @@ def job_dirname(method: str, overrides: str) -> str:
     return ",".join(part for part in (method, overrides) if part).replace("/", "_")
 
 
+# conf/hydra/launcher/submitit_slurm.yaml keeps the plugin's name on purpose
+# (`hydra/launcher=submitit_slurm` gets our one-GPU-per-job preset), so Hydra validates it
+# against the plugin's schema of the same name and warns that this is deprecated.
+warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema")
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 ConfigStore.instance().store(name="job_schema", node=JobConfig)
 

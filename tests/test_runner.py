@@ -225,3 +225,18 @@ def test_an_unknown_model_source_is_a_clear_error(tmp_path):
     bad = cli("harness", *TINY, "model=hub", "model.source=/no/such/model", cwd=tmp_path)
     assert bad.returncode == 1
     assert "model.source='/no/such/model' could not be loaded" in bad.stdout + bad.stderr
+
+
+def test_the_slurm_preset_asks_one_gpu_per_job_on_the_plugins_schema():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import harness.__main__ as entry
+
+    with initialize_config_dir(config_dir=str(entry.CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["hydra/launcher=submitit_slurm"],
+                            return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+    assert launcher.max_num_timeout == 3  # a requeued job resumes
