@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -25,7 +24,7 @@ from bench.selectors import seconds as time_call
 from harness import cache_dir
 from harness.data import load_prompts
 from harness.models import load_model
-from harness.runner import TIMING, build_selector, run_job
+from harness.runner import TIMING, batch_seed, build_selector, continuation_lengths, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECTORS = [["selector=top_k", "selector.top_k=10"],
@@ -55,15 +54,13 @@ def bare_generate(cfg, seeds: list[int]) -> tuple[float, int]:
             batch = loaded.tokenizer.pad(
                 {"input_ids": [list(p.input_ids) for p in prompts[i : i + gen.batch_size]]},
                 return_tensors="pt").to(loaded.device)
-            torch.manual_seed(int(np.random.SeedSequence([seed, b]).generate_state(1)[0]))
+            torch.manual_seed(batch_seed(seed, b))
             out = loaded.model.generate(**batch, do_sample=True, top_k=10, top_p=1.0,
                                         temperature=1.0, max_new_tokens=gen.max_new_tokens,
                                         eos_token_id=loaded.eos_token_ids,
                                         pad_token_id=loaded.tokenizer.pad_token_id)
             new = out[:, batch["input_ids"].shape[1] :].cpu()
-            is_eos = torch.isin(new, torch.tensor(loaded.eos_token_ids))
-            tokens += int(torch.where(is_eos.any(-1), is_eos.int().argmax(-1),
-                                      new.shape[1]).sum())
+            tokens += int(continuation_lengths(new, loaded.eos_token_ids)[0].sum())
     if loaded.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start, tokens

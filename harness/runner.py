@@ -149,13 +149,26 @@ def generation_config(loaded: LoadedModel, max_new_tokens: int) -> GenerationCon
     )
 
 
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The torch seed of one batch: the same for every selector, so their draws are paired."""
+    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0])
+
+
+def continuation_lengths(new: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor,
+                                                                               torch.Tensor]:
+    """Tokens before each row's first EOS (all of them without one), and whether it had one."""
+    is_eos = torch.isin(new, torch.tensor(eos_token_ids, device=new.device))
+    has_eos = is_eos.any(-1)
+    return torch.where(has_eos, is_eos.int().argmax(-1), new.shape[1]), has_eos
+
+
 def generate_batch(loaded: LoadedModel, selector: Selector, prompts: list[Prompt],
                    gen: GenerateConfig, seed: int, batch_index: int) -> list[dict]:
     tokenizer, device = loaded.tokenizer, loaded.device
     padded = tokenizer.pad({"input_ids": [list(p.input_ids) for p in prompts]},
                            return_tensors="pt")
     processor = selector.logits_processor(record=gen.diagnostics)
-    torch.manual_seed(int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0]))
+    torch.manual_seed(batch_seed(seed, batch_index))
     with torch.inference_mode():
         output = loaded.model.generate(
             input_ids=padded["input_ids"].to(device),
@@ -164,9 +177,7 @@ def generate_batch(loaded: LoadedModel, selector: Selector, prompts: list[Prompt
             logits_processor=[processor],
         )
     new = output[:, padded["input_ids"].shape[1] :].cpu()
-    is_eos = torch.isin(new, torch.tensor(loaded.eos_token_ids))
-    has_eos = is_eos.any(-1)
-    lengths = torch.where(has_eos, is_eos.int().argmax(-1), new.shape[1])
+    lengths, has_eos = continuation_lengths(new, loaded.eos_token_ids)
     diagnostics = summarize_steps(processor.steps, lengths + has_eos.int())
     records = []
     for prompt, tokens, n, eos, diag in zip(prompts, new, lengths.tolist(), has_eos.tolist(),

@@ -95,8 +95,7 @@ class Selector:
     @property
     def params(self) -> dict[str, object]:
         """The method's parameters as passed to ``make_selector`` (defaults filled in)."""
-        names = inspect.signature(type(self).__init__).parameters
-        return {n: getattr(self, n) for n in names if n != "self"}
+        return {n: getattr(self, n) for n in parameter_names(type(self))}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -186,6 +185,11 @@ def register(cls: type[Selector]) -> type[Selector]:
     return cls
 
 
+def parameter_names(cls: type[Selector]) -> list[str]:
+    """What a method takes: its class's constructor arguments."""
+    return [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+
+
 def make_selector(name: str, **params: object) -> Selector:
     """The selector ``name`` with ``params``; unknown methods or parameters raise ValueError."""
     if name not in SELECTORS:
@@ -193,7 +197,7 @@ def make_selector(name: str, **params: object) -> Selector:
             f"unknown selector method {name!r}; choose one of: {', '.join(sorted(SELECTORS))}."
         )
     cls = SELECTORS[name]
-    allowed = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    allowed = parameter_names(cls)
     for key, value in params.items():
         if key not in allowed:
             raise ValueError(
