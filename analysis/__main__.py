@@ -23,9 +23,9 @@ from analysis.load import find_jobs
 from analysis.plots import make_plots
 from analysis.table import (
     MetricsConfig,
+    configuration,
     human_rows,
     job_rows,
-    reference_keys,
     summarize,
     write_tables,
 )
@@ -60,9 +60,7 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
             rows += job_rows(job, cfg.metrics)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             log.error("job %s could not be analysed: %s", job.name, error)
-            selector = dict(job.config["selector"])
-            rows.append({"method": selector.pop("method"), **selector, **reference_keys(job),
-                         "job": job.name, "n": len(job.records), "seed": 0})
+            rows.append({**configuration(job), "n": len(job.records), "seed": 0})
     try:
         rows += human_rows(jobs, cfg.metrics)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

@@ -79,11 +79,15 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
     return row
 
 
+def configuration(job: Job) -> dict:
+    """The columns that identify a job's rows: method, its parameters, references, dirs."""
+    selector = dict(job.config["selector"])
+    return {"method": selector.pop("method"), **selector, **reference_keys(job), "job": job.name}
+
+
 def job_rows(job: Job, cfg: MetricsConfig) -> list[dict]:
     """One row per generation seed of ``job``."""
-    selector = dict(job.config["selector"])
-    base = {"method": selector.pop("method"), **selector, **reference_keys(job),
-            "job": job.name}
+    base = configuration(job)
     generator = job.config["model"]["source"]
     rows = []
     for seed in sorted({r["seed"] for r in job.records}):

@@ -197,9 +197,9 @@ def load_prompts(cfg: DatasetConfig, tokenizer: PreTrainedTokenizerBase, prompt_
                          f"{cfg.num_shards}); shards are numbered from 0.")
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"dataset.limit={cfg.limit} must be >= 1 (or null for every document).")
-    key = tuple(sorted(vars(cfg).items()))
-    key = tuple((k, v) for k, v in key if k not in ("shard", "num_shards"))
-    prompts = _eligible_prompts(key, tokenizer, prompt_tokens, new_tokens, cfg.limit)
+    unsharded = tuple(sorted((k, v) for k, v in vars(cfg).items()
+                             if k not in ("shard", "num_shards")))  # one cache entry per shard set
+    prompts = _eligible_prompts(unsharded, tokenizer, prompt_tokens, new_tokens, cfg.limit)
     if not prompts:
         raise ValueError(
             f"dataset {cfg.name!r} has no document of at least {prompt_tokens + new_tokens} tokens "
