@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from analysis import features
-from analysis.load import find_jobs
+from analysis.load import DuplicateMismatch, find_jobs
 from analysis.plots import make_plots
 from analysis.table import (
     MetricsConfig,
@@ -67,7 +67,10 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
         log.error("the human references could not be analysed: %s", error)
     per_seed = pd.DataFrame(rows)
     summary = summarize(per_seed)
-    markdown = write_tables(per_seed, summary, out, cfg.metrics.mauve.min_samples)
+    set_aside = sum(job.set_aside for job in jobs)
+    notes = [f"{set_aside} records outside the prompts every configuration finished were set "
+             "aside: every row is over the same prompts."] if set_aside else []
+    markdown = write_tables(per_seed, summary, out, cfg.metrics.mauve.min_samples, notes)
     plots = make_plots(summary, out / "plots")
     with wandb_run(cfg.wandb, out, job_type="analyze", group=out.name,
                    name=f"analyze-{out.name}", config=OmegaConf.to_container(
@@ -98,7 +101,8 @@ def write_back(jobs, per_seed: pd.DataFrame, wandb_cfg: WandbConfig, out: Path) 
         for id_file in ids:
             with wandb_run(wandb_cfg, out, id=id_file.read_text().strip(),
                            resume="allow") as run:
-                run.summary.update({f"analysis/{k}": v for k, v in metrics.items()})
+                if run is not None:
+                    run.summary_update({f"analysis/{k}": v for k, v in metrics.items()})
 
 
 def main(argv: list[str]) -> None:
@@ -109,7 +113,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     try:
         analyse(dirs, load_config(overrides))
-    except FileNotFoundError as error:
+    except (FileNotFoundError, DuplicateMismatch) as error:
         log.error("%s", error)
         sys.exit(1)
 

@@ -160,7 +160,7 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
                       summary[is_human].sort_values(order)], ignore_index=True)
 
 
-def render_markdown(summary: pd.DataFrame, min_samples: int) -> str:
+def render_markdown(summary: pd.DataFrame, min_samples: int, notes: list[str] = ()) -> str:
     """The papers' formatting: MAUVE and diversity x 100, two decimals."""
     shown = summary.copy()
     for column in ("mauve", "mauve_std", "diversity", "distinct_2", "topk_identical_rate"):
@@ -172,7 +172,8 @@ def render_markdown(summary: pd.DataFrame, min_samples: int) -> str:
                            "topk_identical_rate"] if c in shown]
     shown = shown[columns].astype(object).where(shown[columns].notna(), None)
     table = shown.to_markdown(index=False, floatfmt=".2f", missingval="")
-    notes = ["MAUVE, diversity, distinct-2 and topk_identical_rate are x 100; rep-n in percent."]
+    notes = ["MAUVE, diversity, distinct-2 and topk_identical_rate are x 100; rep-n in percent.",
+             *notes]
     if (summary["n"] < min_samples).any():
         notes.append(f"Warning: rows with n < {min_samples} samples: MAUVE is biased upward and "
                      "noisy there; compare such values only with each other.")
@@ -180,11 +181,11 @@ def render_markdown(summary: pd.DataFrame, min_samples: int) -> str:
 
 
 def write_tables(per_seed: pd.DataFrame, summary: pd.DataFrame, out: Path,
-                 min_samples: int) -> str:
+                 min_samples: int, notes: list[str] = ()) -> str:
     per_seed.drop(columns=["mauve_values"], errors="ignore").to_csv(out / "per_seed.csv",
                                                                     index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    markdown = render_markdown(summary, min_samples)
+    markdown = render_markdown(summary, min_samples, notes)
     (out / "summary.md").write_text(markdown)
     summary.to_latex(out / "summary.tex", index=False, float_format="%.2f", na_rep="")
     return markdown

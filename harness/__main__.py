@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness.runner import JobConfig, run_job
+from harness.runner import JobConfig, Terminated, run_job
 
 log = logging.getLogger("harness")
 
@@ -43,6 +43,10 @@ def main(cfg: DictConfig) -> None:
     wandb_dir = Path(hydra_cfg.sweep.dir) if multirun else job_dir
     try:
         path = run_job(cfg, job_dir, wandb_dir=wandb_dir, name=job_dir.name)
+    except Terminated as stop:
+        log.error("job %s %s: finished batches are written, the lock is released; re-running "
+                  "the same command (or SLURM's requeue) resumes.", job_dir, stop)
+        sys.exit(128 + stop.signum)
     except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as error:
         log.error("job %s stopped: %s Records already written in %s are kept; re-running the "
                   "same command resumes.", job_dir, error, job_dir)

@@ -1,43 +1,51 @@
-"""One job: generate continuations of a dataset's prompts with one selector, resumably.
+"""Jobs: generate continuations of a dataset's prompts with selectors, resumably.
 
-A job dir holds ``job.yaml`` (the resolved config and its hash) and ``generations.jsonl``, one
-record per (prompt, seed), appended and flushed batch by batch. Re-running the same job skips
-the finished pairs, so a killed job loses at most the batch in flight.
+A job dir holds ``job.yaml`` (the resolved config and its hash), ``generations.jsonl`` (one
+record per (prompt, seed), appended and flushed batch by batch; format in ``harness.records``)
+and ``timing.json``. Re-running the same job skips the finished pairs, so a killed job loses at
+most the batch in flight. One process writes a job dir at a time (an ``flock`` on its
+``.lock``); a second one stops at once, naming the holder.
 
-Seeding: batch b of seed s runs under ``torch.manual_seed(SeedSequence([s, b]))``. Every method
-samples (``do_sample=True``; greedy keeps one token), so jobs that differ only in the selector
-draw the same random numbers: their texts are paired comparisons and coincide where the kept
-sets agree.
+A record is a pure function of (model, prompt, selector config, seed, max_new_tokens): sampling
+is keyed (``harness.sampling``), so batch size, dataset limit, shards and fusion with other
+jobs never change a text. ``generate_jobs`` therefore runs any number of jobs that share model,
+dataset and generation settings as one batched generation: rows = prompts x seeds x jobs,
+``generation.batch_size`` rows per forward pass, each job's selector on its own rows.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import signal
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from harness.data import DatasetConfig, Prompt, load_prompts
 from harness.models import LoadedModel, ModelConfig, load_model
+from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
+from harness.sampling import SAMPLER_VERSION, KeyedSampler, row_keys
 from harness.selectors import Selector, StepDiagnostics, make_selector
 from harness.tracking import WandbConfig, wandb_run
 
 log = logging.getLogger(__name__)
 
-RECORDS = "generations.jsonl"
-JOB = "job.yaml"
-TIMING = "timing.json"
 # Keys that do not change what a (prompt, seed) record holds, so changing them keeps resuming.
-UNHASHED = ("sweep", "wandb", "generation.seeds", "generation.samples_to_log", "model.device")
+UNHASHED = ("sweep", "wandb", "generation.seeds", "generation.samples_to_log",
+            "generation.batch_size", "model.device", "dataset.limit")
 
 
 @dataclass
@@ -46,7 +54,7 @@ class GenerateConfig:
 
     prompt_tokens: int = 32
     max_new_tokens: int = 64
-    batch_size: int = 8
+    batch_size: int = 8  # rows (prompt x seed x job) per forward pass, fused or not
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     diagnostics: bool = True
     samples_to_log: int = 16  # rows of the W&B sample table
@@ -68,20 +76,42 @@ class JobError(ValueError):
     """A problem with the job's input; its message says what, which key, and what to do."""
 
 
+class Terminated(Exception):
+    """SIGTERM (SLURM's preemption or time limit) arrived; finished batches are written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 def build_selector(selector_cfg: dict[str, Any]) -> Selector:
     params = dict(selector_cfg)
     return make_selector(params.pop("method"), **params)
 
 
-def config_hash(cfg: DictConfig) -> str:
+def _without(cfg: DictConfig, dotted_keys: tuple[str, ...]) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in UNHASHED:
+    for dotted in dotted_keys:
         *parents, leaf = dotted.split(".")
         node = resolved
         for key in parents:
             node = node.get(key, {})
         node.pop(leaf, None)
-    return hashlib.sha1(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    return resolved
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """What a record is a function of (plus the sampler's version): records of another hash are
+    never mixed into a job dir."""
+    content = {**_without(cfg, UNHASHED), "sampler": SAMPLER_VERSION}
+    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def shared_settings(cfg: DictConfig) -> str:
+    """Jobs with equal keys can run as one batched generation: same model, prompts, lengths."""
+    content = _without(cfg, ("selector", "sweep", "wandb", "generation.seeds",
+                             "generation.samples_to_log", "generation.batch_size"))
+    return json.dumps(content, sort_keys=True)
 
 
 def validate(cfg: DictConfig) -> Selector:
@@ -91,36 +121,62 @@ def validate(cfg: DictConfig) -> Selector:
         if gen[key] < 1:
             raise JobError(f"generation.{key}={gen[key]} must be >= 1.")
     seeds = list(gen.seeds)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise JobError(f"generation.seeds={seeds} must be a non-empty list of distinct integers.")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise JobError(f"generation.seeds={seeds} must be a non-empty list of distinct integers "
+                       ">= 0.")
     try:
         return build_selector(cfg.selector)
     except ValueError as error:
         raise JobError(f"selector: {error}") from error
 
 
+@contextmanager
+def job_lock(job_dir: Path) -> Iterator[None]:
+    """Hold ``job_dir/.lock`` exclusively (``flock``; the kernel drops it when the process
+    dies, ``kill -9`` included). A second holder fails at once, naming the first."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / LOCK
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise JobError(
+                f"job dir {job_dir} is being written by {holder}. Two writers would write every "
+                "record twice: wait for that run to end (re-running then resumes) or stop it. "
+                f"If no such process exists (a dead node of a shared file system), delete {path}."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()} pid {os.getpid()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def read_records(path: Path, expected_hash: str) -> dict[tuple[int, int], dict]:
-    """Finished records by (prompt_id, seed). A torn last line (a kill mid-write) is cut off;
-    records of another config are refused, never overwritten."""
-    if not path.exists():
-        return {}
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    if len(complete) != len(raw):
-        log.warning("%s: dropping a torn last line left by an interrupted run", path)
-        path.write_bytes(complete)
-    records = {}
-    for line in complete.decode().splitlines():
-        record = json.loads(line)
+    """Finished records by (prompt_id, seed). Records of another config are refused, never
+    touched; corrupt or duplicated lines are quarantined; a torn last line is cut off."""
+    parsed = parse(path)
+    for record in parsed.records:
         if record["config_hash"] != expected_hash:
             raise JobError(
                 f"job dir {path.parent} holds records of a different config (hash "
-                f"{record['config_hash']}, this job is {expected_hash}). Its records are kept as "
-                "they are: run this config in another dir (hydra.run.dir=... or "
-                "hydra.sweep.dir=...), or delete that dir to start it over."
+                f"{record['config_hash']}, this job is {expected_hash}; records of an older "
+                "sampler count as different). Its records are kept as they are: run this config "
+                "in another dir (hydra.run.dir=... or hydra.sweep.dir=...), or delete that dir to "
+                "start it over."
             )
-        records[record["prompt_id"], record["seed"]] = record
-    return records
+    if parsed.rejected:
+        quarantine(path, parsed)
+    elif parsed.torn:
+        log.warning("%s: dropping a torn last line left by an interrupted run", path)
+        os.truncate(path, path.stat().st_size - len(parsed.torn))
+    return {(r["prompt_id"], r["seed"]): r for r in parsed.records}
 
 
 def summarize_steps(steps: list[StepDiagnostics], lengths: torch.Tensor) -> list[dict]:
@@ -133,25 +189,22 @@ def summarize_steps(steps: list[StepDiagnostics], lengths: torch.Tensor) -> list
     for name in ("kept", "mass", "mean_rank", "topk_identical"):
         values = torch.stack([getattr(s, name).float().cpu() for s in steps])
         out[name] = ((values * valid).sum(0) / count).tolist()
-    return [{"kept_mean": k, "mass_mean": m, "rank_mean": r, "topk_identical_rate": t}
+    # 6 decimals: the float noise of a larger batch's matmul must not show in a record
+    return [{"kept_mean": round(k, 6), "mass_mean": round(m, 6), "rank_mean": round(r, 6),
+             "topk_identical_rate": round(t, 6)}
             for k, m, r, t in zip(out["kept"], out["mass"], out["mean_rank"],
                                   out["topk_identical"], strict=True)]
 
 
 def generation_config(loaded: LoadedModel, max_new_tokens: int) -> GenerationConfig:
-    """Sampling with every transformers default switched off: the selector alone decides."""
+    """generate's greedy path with every transformers default that could touch the scores off:
+    ``KeyedSampler`` alone decides (its noise makes greedy's argmax a sample)."""
     return GenerationConfig(
-        do_sample=True, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
-        temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, min_p=None, epsilon_cutoff=0.0,
-        eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, renormalize_logits=False,
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, renormalize_logits=False,
         eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.tokenizer.pad_token_id,
         use_cache=True,
     )
-
-
-def batch_seed(seed: int, batch_index: int) -> int:
-    """The torch seed of one batch: the same for every selector, so their draws are paired."""
-    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0])
 
 
 def continuation_lengths(new: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor,
@@ -162,96 +215,220 @@ def continuation_lengths(new: torch.Tensor, eos_token_ids: list[int]) -> tuple[t
     return torch.where(has_eos, is_eos.int().argmax(-1), new.shape[1]), has_eos
 
 
-def generate_batch(loaded: LoadedModel, selector: Selector, prompts: list[Prompt],
-                   gen: GenerateConfig, seed: int, batch_index: int) -> list[dict]:
+@dataclass
+class Job:
+    """One job of a generation: its config, dir, selector, and what this run wrote."""
+
+    cfg: DictConfig
+    dir: Path
+    name: str
+    selector: Selector
+    digest: str
+    seeds: list[int]
+    done: dict = field(default_factory=dict)
+    written: list[dict] = field(default_factory=list)
+    new_tokens: int = 0
+    timing: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    job: Job
+    prompt: Prompt
+    seed: int
+
+
+class StopOnSignal(StoppingCriteria):
+    """Ends ``generate`` at the next step once a signal was received (set ``signum``)."""
+
+    signum: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.signum is not None, dtype=torch.bool,
+                          device=input_ids.device)
+
+
+@contextmanager
+def sigterm_stops(stop: StopOnSignal) -> Iterator[None]:
+    """SIGTERM sets ``stop.signum`` (from the main thread only, where Python delivers it)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(
+            stop, "signum", signum))
+    except ValueError:  # not the main thread: leave signals to it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def generate_rows(loaded: LoadedModel, rows: list[Row], gen: GenerateConfig,
+                  stop: StopOnSignal) -> list[dict]:
+    """One forward-pass batch: each row's record (empty if a signal cut it short)."""
     tokenizer, device = loaded.tokenizer, loaded.device
-    padded = tokenizer.pad({"input_ids": [list(p.input_ids) for p in prompts]},
+    padded = tokenizer.pad({"input_ids": [list(r.prompt.input_ids) for r in rows]},
                            return_tensors="pt")
-    processor = selector.logits_processor(record=gen.diagnostics)
-    torch.manual_seed(batch_seed(seed, batch_index))
+    groups, start = [], 0
+    for end in range(1, len(rows) + 1):  # contiguous runs of one job share its selector
+        if end == len(rows) or rows[end].job is not rows[start].job:
+            groups.append((rows[start].job.selector, slice(start, end)))
+            start = end
+    keys = row_keys(torch.tensor([r.seed for r in rows]),
+                    torch.tensor([r.prompt.prompt_id for r in rows])).to(device)
+    width = padded["input_ids"].shape[1]
+    sampler = KeyedSampler(groups, keys, width, record=gen.diagnostics)
     with torch.inference_mode():
         output = loaded.model.generate(
             input_ids=padded["input_ids"].to(device),
             attention_mask=padded["attention_mask"].to(device),
             generation_config=generation_config(loaded, gen.max_new_tokens),
-            logits_processor=[processor],
+            logits_processor=[sampler], stopping_criteria=StoppingCriteriaList([stop]),
         )
-    new = output[:, padded["input_ids"].shape[1] :].cpu()
+    if stop.signum is not None:
+        return []
+    new = output[:, width:].cpu()
     lengths, has_eos = continuation_lengths(new, loaded.eos_token_ids)
-    diagnostics = summarize_steps(processor.steps, lengths + has_eos.int())
-    records = []
-    for prompt, tokens, n, eos, diag in zip(prompts, new, lengths.tolist(), has_eos.tolist(),
-                                            diagnostics, strict=True):
-        records.append({
-            "prompt_id": prompt.prompt_id, "seed": seed, "prompt": prompt.prompt,
-            "continuation": tokenizer.decode(tokens[:n], skip_special_tokens=True),
-            "reference": prompt.reference, "num_tokens": n,
-            "finish_reason": "eos" if eos else "length", **diag,
-        })
-    return records
+    diagnostics = summarize_steps(sampler.steps, lengths + has_eos.int())
+    return [{"prompt_id": row.prompt.prompt_id, "seed": row.seed, "prompt": row.prompt.prompt,
+             "continuation": tokenizer.decode(tokens[:n], skip_special_tokens=True),
+             "reference": row.prompt.reference, "num_tokens": n,
+             "finish_reason": "eos" if eos else "length", **diag}
+            for row, tokens, n, eos, diag in zip(rows, new, lengths.tolist(), has_eos.tolist(),
+                                                 diagnostics, strict=True)]
+
+
+def append(job: Job, out: Any, records: list[dict]) -> None:
+    text = "".join(json.dumps({**r, "config_hash": job.digest}) + "\n" for r in records)
+    try:
+        out.write(text)
+        out.flush()
+    except OSError as error:
+        raise JobError(
+            f"could not append to {job.dir / RECORDS} ({error}). The records written before are "
+            "intact (a torn last line is cut off on resume): free space, then re-run the same "
+            "command to resume."
+        ) from error
+    job.written += records
+    job.new_tokens += sum(r["num_tokens"] for r in records)
+
+
+def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
+    """Generate (or finish generating) the records of every job of ``specs`` (config, dir,
+    name) as one batched generation; the jobs must share ``shared_settings``. Every dir is
+    locked for the whole generation; SIGTERM ends it after the batch in flight is dropped,
+    raising ``Terminated`` with every finished batch written."""
+    jobs = []
+    for cfg, job_dir, name in specs:
+        selector = validate(cfg)
+        seeds = list(cfg.generation.seeds)
+        jobs.append(Job(cfg, job_dir, name, selector, config_hash(cfg),
+                        seeds[:1] if selector.name == "greedy" else seeds))  # greedy draws nothing
+    if len({shared_settings(job.cfg) for job in jobs}) > 1:
+        raise ValueError("generate_jobs: these jobs differ in model, dataset or generation "
+                         "settings; group them with shared_settings first.")
+    first = jobs[0].cfg
+    gen: GenerateConfig = OmegaConf.to_object(first.generation)
+    with ExitStack() as stack:
+        for job in jobs:
+            stack.enter_context(job_lock(job.dir))
+        for job in jobs:
+            job.done = read_records(job.dir / RECORDS, job.digest)
+        loaded = load_model(OmegaConf.to_object(first.model))
+        needed = gen.prompt_tokens + gen.max_new_tokens
+        if needed > loaded.max_length:
+            raise JobError(
+                f"generation.prompt_tokens + generation.max_new_tokens = {needed} exceeds the "
+                f"context of model {first.model.name!r} ({loaded.max_length} tokens); lower them."
+            )
+        prompts = load_prompts(OmegaConf.to_object(first.dataset), loaded.tokenizer,
+                               gen.prompt_tokens, gen.max_new_tokens)
+        for job in jobs:
+            (job.dir / JOB).write_text(OmegaConf.to_yaml({
+                **OmegaConf.to_container(job.cfg, resolve=True), "config_hash": job.digest,
+                "sampler": SAMPLER_VERSION, "prompts": len(prompts), "seeds_run": job.seeds}))
+        rows = [Row(job, prompt, seed) for job in jobs for seed in job.seeds for prompt in prompts
+                if (prompt.prompt_id, seed) not in job.done]
+        total = sum(len(job.seeds) for job in jobs) * len(prompts)
+        files = {id(job): stack.enter_context(open_append(job.dir / RECORDS)) for job in jobs}
+        batch_size = min(job.cfg.generation.batch_size for job in jobs)
+        stop = StopOnSignal()
+        stack.enter_context(sigterm_stops(stop))
+        desc = jobs[0].name if len(jobs) == 1 else f"{len(jobs)} jobs fused"
+        bar = stack.enter_context(tqdm(total=total, initial=total - len(rows), desc=desc,
+                                       unit="row", dynamic_ncols=True))
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            records = generate_rows(loaded, batch, gen, stop)
+            if stop.signum is not None:
+                raise Terminated(stop.signum)
+            for job in jobs:
+                mine = [rec for row, rec in zip(batch, records, strict=True) if row.job is job]
+                if mine:
+                    append(job, files[id(job)], mine)
+            tokens = sum(job.new_tokens for job in jobs)
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+            bar.update(len(batch))
+        seconds = time.perf_counter() - started
+        tokens = sum(job.new_tokens for job in jobs)
+        for job in jobs:  # this invocation's
+            job.timing = {"generate_seconds": seconds, "new_tokens": job.new_tokens,
+                          "records": len(job.written), "fused_jobs": len(jobs),
+                          "fused_new_tokens": tokens, "rows_per_forward": batch_size,
+                          "tokens_per_s": tokens / seconds if rows else 0.0}
+            (job.dir / TIMING).write_text(json.dumps(job.timing) + "\n")
+    return jobs
+
+
+# Jobs that the fused launcher generated in this process, by dir: run_job only tracks them.
+PREGENERATED: dict[Path, Job] = {}
+
+
+def pregenerate(jobs: list[tuple[Path, DictConfig]]) -> None:
+    """The fused launcher's first pass: generate the records of ``jobs`` (dir, config), one
+    batched generation per group of shared settings. A job with a bad value is left to its
+    own run, which reports it; a group that stops (a held lock, ...) is logged and its jobs
+    then run one by one, resuming whatever it wrote."""
+    groups: dict[str, list[tuple[DictConfig, Path, str]]] = {}
+    for job_dir, cfg in jobs:
+        try:
+            validate(cfg)
+        except JobError:
+            continue
+        groups.setdefault(shared_settings(cfg), []).append((cfg, job_dir, job_dir.name))
+    for specs in groups.values():
+        try:
+            for job in generate_jobs(specs):
+                PREGENERATED[job.dir.resolve()] = job
+        except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as error:
+            log.warning("fused generation of %d jobs stopped: %s They run one by one now.",
+                        len(specs), error)
+
+
+def track(job: Job, wandb_dir: Path) -> None:
+    """The job's W&B run: config, timing and a table of sample generations. Never fails the
+    job (see ``harness.tracking``)."""
+    cfg = job.cfg
+    with wandb_run(OmegaConf.to_object(cfg.wandb), wandb_dir,
+                   config=OmegaConf.to_container(cfg, resolve=True), job_type="generate",
+                   group=cfg.sweep, name=job.name,
+                   tags=[job.selector.name, cfg.model.name, cfg.dataset.name]) as run:
+        if run is None:
+            return
+        (job.dir / "wandb_run_id").write_text(run.id)
+        run.summary_update(job.timing)
+        samples = job.written[: cfg.generation.samples_to_log]
+        if samples:
+            columns = ["prompt_id", "seed", "prompt", "continuation", "reference"]
+            run.log_table("samples", columns, [[s[c] for c in columns] for s in samples])
 
 
 def run_job(cfg: DictConfig, job_dir: Path, wandb_dir: Path | None = None,
             name: str | None = None) -> Path:
-    """Generate (or finish generating) ``job_dir/generations.jsonl`` for ``cfg``."""
-    selector = validate(cfg)
-    gen: GenerateConfig = OmegaConf.to_object(cfg.generation)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    digest = config_hash(cfg)
-    records_path = job_dir / RECORDS
-    done = read_records(records_path, digest)
-
-    loaded = load_model(OmegaConf.to_object(cfg.model))
-    needed = gen.prompt_tokens + gen.max_new_tokens
-    if needed > loaded.max_length:
-        raise JobError(
-            f"generation.prompt_tokens + generation.max_new_tokens = {needed} exceeds the context "
-            f"of model {cfg.model.name!r} ({loaded.max_length} tokens); lower them."
-        )
-    prompts = load_prompts(OmegaConf.to_object(cfg.dataset), loaded.tokenizer,
-                           gen.prompt_tokens, gen.max_new_tokens)
-    seeds = gen.seeds[:1] if selector.name == "greedy" else gen.seeds  # greedy draws nothing
-    batches = [prompts[i : i + gen.batch_size] for i in range(0, len(prompts), gen.batch_size)]
-    todo = [(seed, b) for seed in seeds for b in range(len(batches))
-            if any((p.prompt_id, seed) not in done for p in batches[b])]
-    job = {**OmegaConf.to_container(cfg, resolve=True), "config_hash": digest,
-           "prompts": len(prompts), "seeds_run": list(seeds)}
-    (job_dir / JOB).write_text(OmegaConf.to_yaml(job))
-
-    tags = [selector.name, cfg.model.name, cfg.dataset.name]
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with wandb_run(OmegaConf.to_object(cfg.wandb), wandb_dir or job_dir, config=config,
-                   job_type="generate", group=cfg.sweep, name=name or job_dir.name,
-                   tags=tags) as run:
-        if run is not None:
-            (job_dir / "wandb_run_id").write_text(run.id)
-        total = len(seeds) * len(prompts)
-        bar = tqdm(total=total, initial=total - sum(len(batches[b]) for _, b in todo),
-                   desc=name or job_dir.name, unit="prompt", dynamic_ncols=True)
-        samples, new_tokens, started = [], 0, time.perf_counter()
-        with records_path.open("a") as out, bar:
-            for seed, b in todo:
-                batch = generate_batch(loaded, selector, batches[b], gen, seed, b)
-                fresh = [r for r in batch if (r["prompt_id"], seed) not in done]
-                out.write("".join(json.dumps({**r, "config_hash": digest}) + "\n" for r in fresh))
-                out.flush()
-                new_tokens += sum(r["num_tokens"] for r in batch)
-                samples += fresh[: max(0, gen.samples_to_log - len(samples))]
-                rate = new_tokens / (time.perf_counter() - started)
-                bar.set_postfix(tok_s=f"{rate:.0f}")
-                bar.update(len(batches[b]))
-                if run is not None:
-                    run.log({"tokens_per_s": rate, "prompts_done": bar.n})
-        timing = {"generate_seconds": time.perf_counter() - started, "new_tokens": new_tokens,
-                  "batches": len(todo)}
-        timing["tokens_per_s"] = new_tokens / timing["generate_seconds"] if todo else 0.0
-        (job_dir / TIMING).write_text(json.dumps(timing) + "\n")  # this invocation's
-        if run is not None:
-            run.summary.update(timing)
-        if run is not None and samples:
-            import wandb
-
-            columns = ["prompt_id", "seed", "prompt", "continuation", "reference"]
-            run.log({"samples": wandb.Table(columns=columns,
-                                            data=[[s[c] for c in columns] for s in samples])})
-    return records_path
+    """Generate (or finish generating) ``job_dir/generations.jsonl`` for ``cfg``, then track it."""
+    job = PREGENERATED.pop(job_dir.resolve(), None)
+    if job is None:
+        job = generate_jobs([(cfg, job_dir, name or job_dir.name)])[0]
+    track(job, wandb_dir or job_dir)
+    return job_dir / RECORDS

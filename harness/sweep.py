@@ -1,9 +1,12 @@
 """``python -m harness.sweep NAME [override ...]``: run the named sweep ``sweeps/NAME.yaml``.
 
-A sweep is a union of cartesian grids. Each grid becomes one Hydra multirun of
-``python -m harness`` (in this process, so the model loads once for the whole sweep with the
-default launcher); extra overrides, launcher choices included, apply to every grid. Jobs land
-in ``multirun/NAME/<job>``; running the same command again resumes.
+A sweep is a union of cartesian grids. All of them run as one Hydra multirun of
+``python -m harness`` through the union sweeper (``hydra/sweeper=union``), and by default the
+fused launcher (``hydra/launcher=fused``) generates every job that shares model, dataset and
+generation settings as one batched generation. Extra overrides apply to every grid; a launcher
+choice replaces the fused one (``hydra/launcher=basic``: one job at a time, as before;
+``joblib``, ``submitit_slurm``: as usual). Jobs land in ``multirun/NAME/<job>``; running the
+same command again resumes.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ def grid_overrides(grid: dict) -> list[str]:
             for key, v in grid.items()]
 
 
-def load_sweep(name: str) -> list[list[str]]:
+def sweep_path(name: str) -> Path:
     path = Path(name) if name.endswith(".yaml") else SWEEPS / f"{name}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in SWEEPS.glob("*.yaml")))
         raise SystemExit(f"sweep {name!r} not found ({path}); named sweeps: {known}.")
-    return [grid_overrides(grid) for grid in yaml.safe_load(path.read_text())["grids"]]
+    return path
+
+
+def load_sweep(name: str) -> list[list[str]]:
+    return [grid_overrides(grid) for grid in yaml.safe_load(sweep_path(name).read_text())["grids"]]
 
 
 def main(argv: list[str]) -> None:
@@ -39,15 +46,17 @@ def main(argv: list[str]) -> None:
     name, extra = argv[0], argv[1:]
     from harness.__main__ import main as harness_main
 
-    stem = Path(name).stem
-    for number, grid in enumerate(load_sweep(name), 1):
-        print(f"[sweep {stem}] grid {number}: {' '.join(grid)}", flush=True)
-        sys.argv = ["harness", "--multirun", f"sweep={stem}", *grid, *extra]
-        try:
-            harness_main()
-        except SystemExit as stop:
-            if stop.code:
-                raise
+    path = sweep_path(name)
+    launcher = [] if any(a.startswith("hydra/launcher=") for a in extra) else [
+        "hydra/launcher=fused"]
+    print(f"[sweep {path.stem}] {len(load_sweep(name))} grids from {path}", flush=True)
+    sys.argv = ["harness", "--multirun", f"sweep={path.stem}", "hydra/sweeper=union",
+                f"hydra.sweeper.sweep_file={path}", *launcher, *extra]
+    try:
+        harness_main()
+    except SystemExit as stop:
+        if stop.code:
+            raise
 
 
 if __name__ == "__main__":

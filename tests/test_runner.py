@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from harness.data import DatasetConfig, load_prompts
 from harness.models import ModelConfig, load_model
 from harness.runner import JobError, generation_config, run_job
+from harness.sampling import KeyedSampler, row_keys
 from harness.selectors import SELECTORS, make_selector
 from harness.sweep import load_sweep
 from tests.conftest import ROOT, TINY, compose
@@ -61,9 +62,10 @@ def test_generate_keeps_exactly_what_the_selector_keeps():
     ids = torch.tensor([list(p.input_ids) for p in prompts])
     config = generation_config(loaded, 6)
     config.update(output_scores=True, output_logits=True, return_dict_in_generate=True)
+    sampler = KeyedSampler([(selector, slice(0, 3))], row_keys(torch.zeros(3), torch.arange(3)),
+                           ids.shape[1])
     out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                generation_config=config,
-                                logits_processor=[selector.logits_processor()])
+                                generation_config=config, logits_processor=[sampler])
     for raw, processed in zip(out.logits, out.scores, strict=True):
         assert torch.equal(processed > -torch.inf, selector.keep_mask(raw))
         assert (processed > -torch.inf).sum(-1).min() > 50
@@ -240,3 +242,51 @@ def test_the_slurm_preset_asks_one_gpu_per_job_on_the_plugins_schema():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
     assert launcher.max_num_timeout == 3  # a requeued job resumes
+
+
+def texts(rows: list[dict]) -> dict:
+    return {(r["prompt_id"], r["seed"]): (r["continuation"], r["num_tokens"], r["finish_reason"],
+                                          r["kept_mean"]) for r in rows}
+
+
+def test_records_do_not_depend_on_batch_size_limit_or_shards(tiny_cfg, tmp_path):
+    common = ("generation.seeds=[0,3]", "selector=top_p", "selector.top_p=0.9")
+    one = texts(run(tiny_cfg, tmp_path, *common, "dataset.limit=9", "generation.batch_size=1",
+                    name="one"))
+    seven = texts(run(tiny_cfg, tmp_path, *common, "dataset.limit=9", "generation.batch_size=7",
+                      name="seven"))
+    assert one == seven
+    shards = {}
+    for i in range(2):
+        shards.update(texts(run(tiny_cfg, tmp_path, *common, "dataset.limit=9",
+                                f"dataset.shard={i}", "dataset.num_shards=2", name=f"s{i}")))
+    assert shards == one
+    more = texts(run(tiny_cfg, tmp_path, *common, "dataset.limit=12", name="one"))
+    assert {k: v for k, v in more.items() if k[0] in {p for p, _ in one}} == one  # resumed
+
+
+def test_an_old_samplers_records_are_refused(tiny_cfg, tmp_path):
+    before = run(tiny_cfg, tmp_path, "dataset.limit=2")
+    path = tmp_path / "job" / "generations.jsonl"
+    path.write_text("".join(json.dumps({**r, "config_hash": "0ld5amp1er00"}) + "\n"
+                            for r in before))
+    with pytest.raises(JobError, match="older sampler"):
+        run(tiny_cfg, tmp_path, "dataset.limit=2")
+
+
+def test_a_fused_sweep_writes_what_one_job_at_a_time_writes(tmp_path):
+    args = ["harness.sweep", "seed_comparison", *TINY, "dataset.limit=5", "generation.seeds=[0,1]"]
+    fused = cli(*args, "hydra.sweep.dir=fused", cwd=tmp_path)
+    assert fused.returncode == 0, fused.stderr
+    basic = cli(*args, "hydra.sweep.dir=basic", "hydra/launcher=basic", cwd=tmp_path)
+    assert basic.returncode == 0, basic.stderr
+    jobs = sorted(p.name for p in (tmp_path / "basic").iterdir() if p.is_dir())
+    assert len(jobs) == 11 and jobs == sorted(
+        p.name for p in (tmp_path / "fused").iterdir() if p.is_dir())
+    for job in jobs:
+        a, b = (records(tmp_path / d / job / "generations.jsonl") for d in ("fused", "basic"))
+        assert texts(a) == texts(b) and len(a) == (5 if job.startswith("greedy") else 10)
+        for name in ("job.yaml", "timing.json", ".hydra/overrides.yaml"):
+            assert (tmp_path / "fused" / job / name).exists()
+        timing = json.loads((tmp_path / "fused" / job / "timing.json").read_text())
+        assert timing["fused_jobs"] == 11 and timing["records"] == len(a)

@@ -1,0 +1,78 @@
+"""``hydra/launcher=fused``: the jobs of a multirun that share model, dataset and generation
+settings run as one batched generation (``harness.runner.generate_jobs``), then each job goes
+through Hydra's own ``run_job`` as with the basic launcher: its logging, ``.hydra/`` files,
+callbacks, ``job.yaml``/``timing.json`` and W&B run stay per job, and a job the fused pass could
+not generate (a bad value, a held lock) runs, and fails, on its own with its own message."""
+
+import copy
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
+from omegaconf import DictConfig, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FusedLauncherConf:
+    _target_: str = "hydra_plugins.harness_plugins.fused_launcher.FusedLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLauncherConf,
+                             provider="decoding-harness")
+
+
+def job_dir_and_config(config: DictConfig) -> tuple[Path, DictConfig]:
+    """The dir Hydra's ``run_job`` will give this sweep job, and the job's own config."""
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)
+    try:
+        job_dir = Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).absolute()
+    finally:
+        if saved is not None:
+            HydraConfig.instance().set_config(saved)
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return job_dir, task
+
+
+class FusedLauncher(BasicLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = []
+        for number, overrides in enumerate(job_overrides, initial_job_idx):
+            config = self.hydra_context.config_loader.load_sweep_config(self.config,
+                                                                        list(overrides))
+            with open_dict(config):
+                config.hydra.job.id = config.hydra.job.num = number
+            configs.append(config)
+        from harness.runner import Terminated, pregenerate  # torch: only once jobs are launched
+
+        try:
+            pregenerate([job_dir_and_config(c) for c in configs])
+        except Terminated as stop:
+            log.error("fused generation %s: finished batches are written and every lock is "
+                      "released; re-running the same command resumes.", stop)
+            sys.exit(128 + stop.signum)
+        log.info("Launching %d jobs locally (generated fused)", len(configs))
+        runs = []
+        for config in configs:
+            runs.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                                config=config, job_dir_key="hydra.sweep.dir",
+                                job_subdir_key="hydra.sweep.subdir"))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return runs
+
+

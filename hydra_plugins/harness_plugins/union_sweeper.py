@@ -1,0 +1,45 @@
+"""``hydra/sweeper=union hydra.sweeper.sweep_file=sweeps/NAME.yaml``: the union of a named
+sweep's cartesian grids as one multirun, so that a launcher sees every job at once (the fused
+launcher then generates all jobs that share settings as one batched generation). Each grid
+expands exactly as the basic sweeper expands its overrides; command-line overrides apply to
+every grid."""
+
+import logging
+from dataclasses import dataclass
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnionSweeperConf:
+    _target_: str = "hydra_plugins.harness_plugins.union_sweeper.UnionSweeper"
+    sweep_file: str = "???"  # sweeps/NAME.yaml (or NAME): `grids:`, a list of {key: value(s)}
+    max_batch_size: int | None = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="union", node=UnionSweeperConf,
+                             provider="decoding-harness")
+
+
+class UnionSweeper(BasicSweeper):
+    def __init__(self, sweep_file: str, max_batch_size: int | None = None) -> None:
+        from harness.sweep import load_sweep  # torch-free
+
+        super().__init__(max_batch_size=max_batch_size)
+        self.grids = load_sweep(sweep_file)
+
+    def split_arguments(self, overrides: list[Override],
+                        max_batch_size: int | None) -> list[list[list[str]]]:
+        """Every grid's jobs, with the command line's overrides applied to each grid."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        jobs = []
+        for grid in self.grids:
+            jobs += BasicSweeper.split_arguments([*parser.parse_overrides(grid), *overrides],
+                                                 None)[0]
+        log.info("%d grids, %d jobs", len(self.grids), len(jobs))
+        return list(self.split_overrides_to_chunks(jobs, max_batch_size))
