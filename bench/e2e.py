@@ -24,7 +24,8 @@ from bench.selectors import seconds as time_call
 from harness import cache_dir
 from harness.data import load_prompts
 from harness.models import load_model
-from harness.runner import TIMING, batch_seed, build_selector, continuation_lengths, run_job
+from harness.records import TIMING
+from harness.runner import build_selector, continuation_lengths, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECTORS = [["selector=top_k", "selector.top_k=10"],
@@ -42,7 +43,21 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides)
 
 
-def bare_generate(cfg, seeds: list[int]) -> tuple[float, int]:
+def compile_probe(cfg) -> None:
+    """Does transformers' static KV cache (which generate compiles on CUDA) pay here? Bare
+    generate, best of 2 after one warm-up (the compile) each."""
+    for cache in ("dynamic", "static"):
+        extra = {} if cache == "dynamic" else {"cache_implementation": "static"}
+        start = time.perf_counter()
+        bare_generate(cfg, [99], **extra)
+        first = time.perf_counter() - start
+        rates = [tokens / seconds for seconds, tokens in
+                 (bare_generate(cfg, [s], **extra) for s in (0, 1))]
+        print(f"bare generate, {cache} KV cache: {max(rates):.1f} tok/s (first call "
+              f"{first:.1f} s, compile included)")
+
+
+def bare_generate(cfg, seeds: list[int], **extra) -> tuple[float, int]:
     """The plain library call on the same prompts, batches and per-batch seeds as the runner."""
     loaded = load_model(OmegaConf.to_object(cfg.model))
     gen = cfg.generation
@@ -54,11 +69,11 @@ def bare_generate(cfg, seeds: list[int]) -> tuple[float, int]:
             batch = loaded.tokenizer.pad(
                 {"input_ids": [list(p.input_ids) for p in prompts[i : i + gen.batch_size]]},
                 return_tensors="pt").to(loaded.device)
-            torch.manual_seed(batch_seed(seed, b))
+            torch.manual_seed(1000 * seed + b)
             out = loaded.model.generate(**batch, do_sample=True, top_k=10, top_p=1.0,
                                         temperature=1.0, max_new_tokens=gen.max_new_tokens,
                                         eos_token_id=loaded.eos_token_ids,
-                                        pad_token_id=loaded.tokenizer.pad_token_id)
+                                        pad_token_id=loaded.tokenizer.pad_token_id, **extra)
             new = out[:, batch["input_ids"].shape[1] :].cpu()
             tokens += int(continuation_lengths(new, loaded.eos_token_ids)[0].sum())
     if loaded.device.type == "cuda":
@@ -180,6 +195,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny model, seconds: checks it runs")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--compile-probe", action="store_true",
+                        help="bare generate with a static KV cache (compiled) vs the default")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new", type=int, default=48)
     parser.add_argument("--limit", type=int, default=16)
@@ -187,7 +205,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["amortisation", "analysis"])
     args = parser.parse_args()
     model = args.model or ("tiny" if args.smoke else "smollm2")
-    dataset = "tiny" if model == "tiny" else "austen"
+    dataset = args.dataset or ("tiny" if model == "tiny" else "austen")
     common = [f"model={model}", f"dataset={dataset}", f"dataset.limit={args.limit}",
               f"generation.batch_size={args.batch}", f"generation.max_new_tokens={args.new}",
               "generation.seeds=[0]", "wandb=disabled"]
@@ -196,6 +214,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         throughput(common, out, 1 if args.smoke else args.repeats)
+        if args.compile_probe:
+            compile_probe(compose(common))
         if "amortisation" not in args.skip:
             sweep = amortisation(common, out)
             if "analysis" not in args.skip:

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# GPU benchmark, self-contained and offline: selector step cost, then end-to-end decoding in
-# bfloat16 (batch 64, prompt 32, 256 new tokens) on the bundled SmolLM2 and on a random
-# Llama-3-8B-shaped model, printing tokens/s and the selector's share of the step time.
-# Under 5 minutes on one H100. `--smoke`: the same code path on CPU with the tiny model (CI).
+# GPU benchmark, self-contained and offline: selector and sampler step cost, end-to-end decoding
+# in bfloat16 (batch 64, prompt 32, 256 new tokens) through the harness against a bare
+# model.generate on SmolLM2 and on a random Llama-3-8B-shaped model, and sweeps/seed_comparison
+# fused (all 11 jobs, 704 rows per forward) against one job at a time (64 rows per forward).
+# About 5 minutes on one H100/H200.
+#   bench/gpu.sh            the bundled SmolLM2 and the Austen corpus (`make setup` first)
+#   bench/gpu.sh --random   SmolLM2's exact shape with random weights on generated text: for a
+#                           GPU machine without the bundled assets or a package registry (carry
+#                           wheels of hydra-core, omegaconf, antlr4-python3-runtime, datasets,
+#                           dill and multiprocess; see bench/RESULTS.md)
+#   bench/gpu.sh --smoke    the same code on CPU with the tiny model, in seconds (CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -11,12 +18,19 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ "${1:-}" = "--smoke" ]; then
   "$PY" -m bench.selectors --smoke
   "$PY" -m bench.e2e --smoke --batch 4 --new 8 --limit 8 --skip amortisation
+  "$PY" -m bench.fusion --smoke --limit 4 --new 8 --batch 2 --fused-batch 44
   exit 0
 fi
-# The bundled assets must have been built (`make setup`, which needs the package registries
-# once); on a machine without them this stops with a message saying so.
-"$PY" -m harness.assets
+if [ "${1:-}" = "--random" ]; then
+  SMOL=(--model smollm2_random --dataset synthetic)
+  LLAMA=(--model llama3_8b_random --dataset synthetic)
+else
+  "$PY" -m harness.assets  # the bundled model and corpus, built once (needs the registries)
+  SMOL=(--model smollm2 --dataset austen)
+  LLAMA=(--model llama3_8b_random --dataset austen)
+fi
 "$PY" -m bench.selectors
-"$PY" -m bench.e2e --model smollm2 --batch 64 --new 256 --limit 64 --repeats 2 --skip amortisation
-"$PY" -m bench.e2e --model llama3_8b_random --batch 64 --new 256 --limit 64 --repeats 2 \
-  --skip amortisation
+"$PY" -m bench.e2e "${SMOL[@]}" --batch 64 --new 256 --limit 64 --repeats 2 --skip amortisation \
+  --compile-probe
+"$PY" -m bench.fusion "${SMOL[@]}" --limit 64 --new 256 --batch 64 --fused-batch 704
+"$PY" -m bench.e2e "${LLAMA[@]}" --batch 64 --new 256 --limit 64 --repeats 2 --skip amortisation

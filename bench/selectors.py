@@ -19,6 +19,7 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
+from harness.sampling import perturb, row_keys, step_keys
 from harness.selectors import SELECTORS, make_selector
 
 NEAREST = {
@@ -82,6 +83,26 @@ def main() -> None:
                   f"{proc / floor:8.2f}")
         print(f"{batch:>4}x{vocab:<8} {'(floor, typical warper)':>25} {floor * 1e3:10.3f} "
               f"{typical * 1e3:10.3f}")
+    sampler_shapes = [(8, 4096)] if args.smoke else [(8, 49152), (88, 49152), (64, 128256)]
+    sampler_cost(device, sampler_shapes, 3 if args.smoke else args.repeats)
+
+
+def sampler_cost(device: torch.device, shapes: list[tuple[int, int]], repeats: int) -> None:
+    """The keyed sampler (noise + argmax) against what it replaces (softmax + multinomial), for a
+    top-10 kept set (noise hashed at the kept tokens only) and a full one (every token)."""
+    print(f"\nsampler step cost on {machine(device)}; ms per call (median)\n")
+    print(f"{'shape':>13} {'kept':>6} {'softmax+multinomial':>20} {'keyed':>8} {'ratio':>6}")
+    for batch, vocab in shapes:
+        logits = torch.randn(batch, vocab, device=device) * 3
+        keys = step_keys(row_keys(torch.arange(batch), torch.arange(batch)), 7).to(device)
+        for kept, keep in (("top10", make_selector("top_k").keep_mask(logits)),
+                           ("all", torch.ones_like(logits, dtype=torch.bool))):
+            masked = logits.where(keep, float("-inf"))
+            old = seconds(lambda x=masked: torch.multinomial(x.softmax(-1), 1), device, repeats)
+            new = seconds(lambda x=logits, k=keep: perturb(x, k, keys).argmax(-1), device,
+                          repeats)
+            print(f"{batch:>4}x{vocab:<8} {kept:>6} {old * 1e3:20.3f} {new * 1e3:8.3f} "
+                  f"{new / old:6.2f}")
 
 
 if __name__ == "__main__":

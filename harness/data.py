@@ -4,6 +4,8 @@
 - ``bundled:austen`` — Jane Austen's six novels (public domain), from Debian's package
   ``r-cran-janeaustenr`` (R lazy-load data read with ``rdata``): paragraphs of >= 100 words.
 - ``bundled:tiny`` — 120 short generated documents, for tests and CI.
+- ``bundled:synthetic`` — 512 long generated documents (~2,000 characters), enough for 32 + 256
+  byte tokens: for GPU benchmarks on random weights, with nothing to download.
 Anything else is passed to ``load_dataset`` as is: local json/jsonl/parquet/text files, or a hub
 dataset by ``path``/``name`` for users with network.
 """
@@ -121,8 +123,9 @@ def paragraphs(lines: list[str]) -> list[str]:
     return out
 
 
-def build_tiny(target: Path | None = None) -> Path:
-    """120 short documents of generated prose, the same on every machine."""
+def build_tiny(target: Path | None = None, documents: int = 120,
+               sentences: tuple[int, int] = (6, 12)) -> Path:
+    """``documents`` documents of generated prose, the same on every machine."""
     target = target or cache_dir() / "data" / "tiny.jsonl"
     if target.exists():
         return target
@@ -133,15 +136,20 @@ def build_tiny(target: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     with partial.open("w") as out:
-        for _ in range(120):
-            sentences = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
-                         for _ in range(rng.randint(6, 12))]
-            out.write(json.dumps({"text": " ".join(sentences)}) + "\n")
+        for _ in range(documents):
+            text = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
+                    for _ in range(rng.randint(*sentences))]
+            out.write(json.dumps({"text": " ".join(text)}) + "\n")
     partial.rename(target)
     return target
 
 
-BUNDLED = {"bundled:austen": build_austen, "bundled:tiny": build_tiny}
+def build_synthetic() -> Path:
+    return build_tiny(cache_dir() / "data" / "synthetic.jsonl", 512, (50, 70))
+
+
+BUNDLED = {"bundled:austen": build_austen, "bundled:tiny": build_tiny,
+           "bundled:synthetic": build_synthetic}
 
 
 def load_documents(cfg: DatasetConfig):

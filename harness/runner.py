@@ -147,6 +147,11 @@ def job_lock(job_dir: Path) -> Iterator[None]:
                 "record twice: wait for that run to end (re-running then resumes) or stop it. "
                 f"If no such process exists (a dead node of a shared file system), delete {path}."
             ) from None
+        except OSError as error:
+            raise JobError(
+                f"cannot lock {path} ({error}): this file system does not support flock (Lustre "
+                "mounted with noflock?). Put hydra.sweep.dir / hydra.run.dir on one that does."
+            ) from error
         handle.seek(0)
         handle.truncate()
         handle.write(f"host {socket.gethostname()} pid {os.getpid()} since "

@@ -13,7 +13,7 @@ as ``(u + 0.5)·2^-23`` (never 0 or 1, so G is always finite). So:
   sets both contain the row's overall winner ``argmax_v(logit_v + G_v)`` pick the same token.
 
 Noise is hashed only where a token is kept when few are (top-k style cuts), else in cache-sized
-row chunks; either way it costs less than the softmax + ``torch.multinomial`` it replaces
+row chunks (on CPU); either way it costs less than the softmax + ``torch.multinomial`` it replaces
 (bench/RESULTS.md).
 """
 
@@ -36,7 +36,8 @@ def _signed(constant: int) -> int:
 GOLDEN = _signed(0x9E3779B97F4A7C15)
 MIX = ((30, _signed(0xBF58476D1CE4E5B9)), (27, _signed(0x94D049BB133111EB)), (31, None))
 UNIFORM_BITS = 23  # 24 bits times 2^-24 can round to 1.0 in float32: G would be infinite
-ROW_CHUNK = 4  # rows hashed at a time on the dense path: int64 temporaries stay in cache
+CPU_ROW_CHUNK = 4  # rows hashed at a time on the dense path on CPU: int64 temporaries stay in
+# cache there; a GPU takes the whole batch at once (fewer kernel launches)
 SPARSE_SHARE = 1 / 16  # hash only the kept tokens when at most this share of the batch is kept
 
 
@@ -84,8 +85,9 @@ def perturb(logits: Tensor, keep: Tensor, keys: Tensor) -> Tensor:
         out[rows, tokens] = logits[rows, tokens] + gumbel(uniforms(keys[rows], tokens))
         return out
     vocab = torch.arange(logits.shape[-1], device=logits.device)
-    for start in range(0, logits.shape[0], ROW_CHUNK):
-        chunk = slice(start, start + ROW_CHUNK)
+    rows = CPU_ROW_CHUNK if logits.device.type == "cpu" else logits.shape[0]
+    for start in range(0, logits.shape[0], rows):
+        chunk = slice(start, start + rows)
         g = gumbel(uniforms(keys[chunk, None], vocab)).add_(logits[chunk])
         out[chunk] = g.where(keep[chunk], NEG_INF)
     return out

@@ -132,7 +132,7 @@ def test_a_full_disk_stops_the_job_clearly_and_keeps_earlier_records(tmp_path, t
             self.file.close()
 
     monkeypatch.setattr("harness.runner.open_append", FullDisk)
-    with pytest.raises(JobError, match="No space left on device.*records written before are"):
+    with pytest.raises(JobError, match=r"No space left on device.*records written before are"):
         run_job(cfg, tmp_path / "job")
     kept = (tmp_path / "job" / RECORDS).read_text().splitlines(keepends=True)
     whole = sorted((json.loads(line) for line in kept if line.endswith("\n")), key=KEY)

@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.models import llama3_8b_random, tiny_tokenizer
+from harness.models import random_model, tiny_tokenizer
 
 
 def test_tiny_tokenizer_round_trips_any_text_byte_for_byte():
@@ -13,8 +13,14 @@ def test_tiny_tokenizer_round_trips_any_text_byte_for_byte():
 
 
 def test_random_llama3_8b_has_the_published_shape():
-    model = llama3_8b_random(torch.device("meta"), torch.bfloat16)  # no memory on meta
+    model = random_model("random:llama3-8b", torch.device("meta"), torch.bfloat16)  # no memory
     assert sum(p.numel() for p in model.parameters()) == 8_030_261_248  # Llama-3-8B
     assert model.config.vocab_size == 128256
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.get_default_dtype() == torch.float32  # restored
+
+
+def test_random_smollm2_has_the_published_shape():
+    model = random_model("random:smollm2", torch.device("meta"), torch.float32)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008  # SmolLM2-135M
+    assert model.config.vocab_size == 49152 and model.config.tie_word_embeddings

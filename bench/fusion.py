@@ -1,0 +1,99 @@
+"""Fused vs one-job-at-a-time sweeps: ``sweeps/seed_comparison`` at demo size (or any size), the
+share of records identical between the two, and optionally the same sweep run by an older
+checkout of the harness (``--before DIR``, e.g. a ``git worktree`` of the last commit before
+keyed sampling) for the speed-up over what the demo did before.
+
+python -m bench.fusion [--smoke] [--model smollm2] [--limit 24] [--new 48] [--batch 8]
+                       [--fused-batch 88] [--before DIR] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.selectors import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep(code: Path, out: Path, overrides: list[str]) -> float:
+    """Wall time of ``python -m harness.sweep seed_comparison`` run by the checkout ``code``."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "harness.sweep", "seed_comparison", *overrides,
+                    f"hydra.sweep.dir={out}"], cwd=code, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                       [str(code), os.environ.get("PYTHONPATH", "")])})
+    return time.perf_counter() - start
+
+
+def texts(sweep_dir: Path) -> dict[tuple, str]:
+    out = {}
+    for path in sweep_dir.glob("*/generations.jsonl"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            out[path.parent.name, record["prompt_id"], record["seed"]] = record["continuation"]
+    return out
+
+
+def tokens(sweep_dir: Path) -> int:
+    return sum(json.loads(line)["num_tokens"] for path in sweep_dir.glob("*/generations.jsonl")
+               for line in path.read_text().splitlines())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--limit", type=int, default=24)
+    parser.add_argument("--new", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=8, help="rows per forward, one job at a time")
+    parser.add_argument("--fused-batch", type=int, default=88, help="rows per forward, fused")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="an older checkout: its own sweep at --batch, for comparison")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    model = args.model or ("tiny" if args.smoke else "smollm2")
+    dataset = args.dataset or ("tiny" if model == "tiny" else "austen")
+    size = [f"model={model}", f"dataset={dataset}", f"dataset.limit={args.limit}",
+            f"generation.max_new_tokens={args.new}", "generation.seeds=[0]", "wandb=disabled"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"seed_comparison (11 jobs) on {machine(device)}: {' '.join(size)}")
+    runs = {"one job at a time": (ROOT, ["hydra/launcher=basic",
+                                         f"generation.batch_size={args.batch}"]),
+            "fused": (ROOT, [f"generation.batch_size={args.fused_batch}"])}
+    if args.before:
+        runs["before keyed sampling, one job at a time"] = (
+            args.before.resolve(), [f"generation.batch_size={args.batch}"])
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):  # interleaved: this machine's speed drifts
+            for label, (code, extra) in runs.items():
+                out = Path(tmp, f"{repeat}-{label.replace(' ', '_')}")
+                best[label] = min(best.get(label, float("inf")), sweep(code, out, [*size, *extra]))
+        first = Path(tmp, "0-one_job_at_a_time")
+        for label, (_, extra) in runs.items():
+            out = Path(tmp, f"0-{label.replace(' ', '_')}")
+            print(f"{label:42s} {extra[-1]:28s} {best[label]:7.1f} s  "
+                  f"{tokens(out) / best[label]:7.1f} tok/s (whole process, model load included)")
+        for label in runs:
+            if label != "fused":
+                print(f"speed-up of fused over {label}: "
+                      f"{best[label] / best['fused']:.2f}x")
+        unfused, fused = texts(first), texts(Path(tmp, "0-fused"))
+        same = sum(fused.get(key) == text for key, text in unfused.items())
+        print(f"records identical between fused and one-at-a-time: {same} of {len(unfused)} "
+              f"({same / len(unfused):.1%})")
+
+
+if __name__ == "__main__":
+    main()
