@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 from analysis import features
 from analysis.load import DuplicateMismatch, find_jobs
 from analysis.plots import make_plots
+from analysis.stats import BootstrapConfig
 from analysis.table import (
+    KEYS,
     MetricsConfig,
     configuration,
     human_rows,
@@ -29,6 +31,7 @@ from analysis.table import (
     summarize,
     write_tables,
 )
+from analysis.uncertainty import BaselineConfig, add_uncertainty
 from harness.tracking import WandbConfig, wandb_run
 
 log = logging.getLogger("analysis")
@@ -38,6 +41,8 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 @dataclass
 class AnalysisConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     write_back: bool = True  # add each job's metrics to its generation run's W&B summary
 
@@ -54,23 +59,27 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     """Analyse every job under ``sweep_dirs``; a job that fails is reported and left blank."""
     jobs = find_jobs(sweep_dirs)
     out = sweep_dirs[0]
-    rows = []
+    rows, texts = [], []
     for job in tqdm(jobs, desc="analysing jobs", unit="job"):
         try:
-            rows += job_rows(job, cfg.metrics)
+            rows += job_rows(job, cfg.metrics, texts)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             log.error("job %s could not be analysed: %s", job.name, error)
             rows.append({**configuration(job), "n": len(job.records), "seed": 0})
     try:
-        rows += human_rows(jobs, cfg.metrics)
+        rows += human_rows(jobs, cfg.metrics, texts)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         log.error("the human references could not be analysed: %s", error)
-    per_seed = pd.DataFrame(rows)
+    per_seed, per_text = pd.DataFrame(rows), pd.DataFrame(texts)
     summary = summarize(per_seed)
+    summary, notes = add_uncertainty(summary, per_text, jobs, cfg.metrics.mauve, cfg.bootstrap,
+                                     cfg.baseline, [k for k in KEYS if k in summary])
     set_aside = sum(job.set_aside for job in jobs)
-    notes = [f"{set_aside} records outside the prompts every configuration finished were set "
-             "aside: every row is over the same prompts."] if set_aside else []
-    markdown = write_tables(per_seed, summary, out, cfg.metrics.mauve.min_samples, notes)
+    if set_aside:
+        notes.append(f"{set_aside} records outside the prompts every configuration finished "
+                     "were set aside: every row is over the same prompts.")
+    markdown = write_tables(per_seed, summary, per_text, out, cfg.metrics.mauve.min_samples,
+                            notes)
     plots = make_plots(summary, out / "plots")
     with wandb_run(cfg.wandb, out, job_type="analyze", group=out.name,
                    name=f"analyze-{out.name}", config=OmegaConf.to_container(
@@ -86,7 +95,7 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     if cfg.write_back and cfg.wandb.mode != "disabled":
         write_back(jobs, per_seed, cfg.wandb, out)
     print(markdown)
-    log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv and %d plots; embedded %d texts "
+    log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv, per_text.csv and %d plots; embedded %d texts "
              "(everything else came from the cache)", out, len(plots), features.stats["embedded"])
     return summary
 

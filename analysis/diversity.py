@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 
 def ngrams(words: list[str], n: int, skip_last: bool = False) -> list[tuple[str, ...]]:
     count = len(words) - n + (0 if skip_last else 1)
@@ -35,4 +37,17 @@ def diversity_metrics(texts: list[str], skip_last_ngram: bool = False) -> dict[s
         corpus = Counter(g for words in split for g in ngrams(words, n))
         total = sum(corpus.values())
         out[f"distinct_{n}"] = len(corpus) / total if total else float("nan")
+    return out
+
+
+def ngram_counts(texts: list[str], skip_last_ngram: bool = False) -> np.ndarray:
+    """``[len(texts), 6]``: per text, unique and total n-grams for n = 2, 3, 4 (u2, t2, u3, t3,
+    u4, t4): the sufficient statistics of rep-n and diversity, which are ratios of their sums
+    (1 - rep_n/100 = Σu/Σt; diversity = Π_n Σu_n/Σt_n), never means of per-text ratios."""
+    out = np.zeros((len(texts), 6))
+    for row, text in enumerate(texts):
+        words = text.strip().split()
+        for column, n in enumerate((2, 3, 4)):
+            grams = ngrams(words, n, skip_last_ngram)
+            out[row, 2 * column : 2 * column + 2] = len(set(grams)), len(grams)
     return out

@@ -16,7 +16,7 @@ from analysis.coherence import (
     likelihood_metrics,
     token_log_likelihoods,
 )
-from analysis.diversity import diversity_metrics
+from analysis.diversity import diversity_metrics, ngram_counts
 from analysis.features import disk_cached, featurize
 from analysis.load import Job
 from analysis.mauve import MauveConfig, mauve_scores
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 PARAMETERS = ["alpha", "top_k", "mass", "top_p", "typical_p", "min_p", "epsilon", "eta",
               "n_sigma", "temperature"]
 KEYS = ["method", *PARAMETERS, "model", "dataset", "max_new_tokens"]
+NGRAM_COLUMNS = ["u2", "t2", "u3", "t3", "u4", "t4"]
+DIAGNOSTICS = ["topk_identical_rate", "kept_mean", "mass_mean", "rank_mean"]
 METRICS = ["mauve", "diversity", "rep_2", "rep_3", "rep_4", "distinct_1", "distinct_2",
            "distinct_3", "distinct_4", "coherence", "coherence_ll", "perplexity", "mean_tokens",
            "eos_rate", "topk_identical_rate", "kept_mean", "mass_mean", "rank_mean"]
@@ -46,10 +48,15 @@ class MetricsConfig:
 
 
 def text_metrics(prompts: list[str], texts: list[str], references: list[str],
-                 cfg: MetricsConfig, generator: str | None, label: str) -> dict:
+                 cfg: MetricsConfig, generator: str | None, label: str,
+                 per_text: dict | None = None) -> dict:
     """Every metric of one set of texts; MAUVE against the references of the same prompts.
     A metric family that fails (a featurizer that cannot load, too few samples for k-means)
-    is logged under ``label`` and left blank; the others are still computed."""
+    is logged under ``label`` and left blank; the others are still computed. ``per_text``, if
+    given, receives each text's sufficient statistics (columns of ``per_text.csv``)."""
+    per_text = {} if per_text is None else per_text
+    counts = ngram_counts(texts, cfg.diversity.skip_last_ngram)
+    per_text.update({name: counts[:, i] for i, name in enumerate(NGRAM_COLUMNS)})
     row: dict = {"n": len(texts), **diversity_metrics(texts, cfg.diversity.skip_last_ngram)}
     if not any(t.strip() for t in texts):
         log.warning("%s: all %d texts are empty; MAUVE and coherence left blank", label,
@@ -58,7 +65,13 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
 
     def coherence() -> dict:
         similarity = embedding_coherence(prompts, texts, cfg.coherence, generator)
+        per_text["coherence"] = similarity
         return {"coherence": float(np.mean(similarity))}
+
+    def likelihood() -> dict:
+        log_likelihoods = token_log_likelihoods(prompts, texts, cfg.coherence)
+        per_text["ll_sum"], per_text["ll_tokens"] = log_likelihoods.T
+        return likelihood_metrics(log_likelihoods)
 
     def mauve() -> dict:
         m = cfg.mauve
@@ -67,8 +80,7 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
         scores = disk_cached("mauve", [vars(m), references, texts], lambda: mauve_scores(p, q, m))
         return {"mauve": float(np.mean(scores)), "mauve_values": list(scores)}
 
-    families = {"coherence": coherence, "coherence_ll and perplexity": lambda: likelihood_metrics(
-        token_log_likelihoods(prompts, texts, cfg.coherence))}
+    families = {"coherence": coherence, "coherence_ll and perplexity": likelihood}
     if texts is not references:
         families["MAUVE"] = mauve
     for name, compute in families.items():
@@ -85,22 +97,38 @@ def configuration(job: Job) -> dict:
     return {"method": selector.pop("method"), **selector, **reference_keys(job), "job": job.name}
 
 
-def job_rows(job: Job, cfg: MetricsConfig) -> list[dict]:
-    """One row per generation seed of ``job``."""
+def per_text_rows(base: dict, records: list[dict], seed: int | None, stats: dict) -> list[dict]:
+    """Rows of ``per_text.csv``: one per text with its configuration, prompt, seed and
+    sufficient statistics."""
+    rows = []
+    for i, record in enumerate(records):
+        row = {**base, "prompt_id": record["prompt_id"], "seed": seed,
+               **{name: float(values[i]) for name, values in stats.items()}}
+        if seed is not None:  # a generation (not a human reference)
+            row.update(num_tokens=record["num_tokens"], eos=record["finish_reason"] == "eos",
+                       **{key: record[key] for key in DIAGNOSTICS if key in record})
+        rows.append(row)
+    return rows
+
+
+def job_rows(job: Job, cfg: MetricsConfig, texts: list[dict] | None = None) -> list[dict]:
+    """One row per generation seed of ``job``; its texts' rows go into ``texts``."""
+    texts = [] if texts is None else texts
     base = configuration(job)
     generator = job.config["model"]["source"]
     rows = []
     for seed in sorted({r["seed"] for r in job.records}):
         records = sorted((r for r in job.records if r["seed"] == seed),
                          key=lambda r: r["prompt_id"])
-        row = {**base, "seed": seed}
+        row, stats = {**base, "seed": seed}, {}
         row.update(text_metrics([r["prompt"] for r in records],
                                 [r["continuation"] for r in records],
                                 [r["reference"] for r in records], cfg, generator,
-                                f"job {job.name}, seed {seed}"))
+                                f"job {job.name}, seed {seed}", stats))
+        texts += per_text_rows(base, records, seed, stats)
         row["mean_tokens"] = float(np.mean([r["num_tokens"] for r in records]))
         row["eos_rate"] = float(np.mean([r["finish_reason"] == "eos" for r in records]))
-        for key in ("topk_identical_rate", "kept_mean", "mass_mean", "rank_mean"):
+        for key in DIAGNOSTICS:
             values = [r[key] for r in records if key in r]
             row[key] = float(np.mean(values)) if values else math.nan
         rows.append(row)
@@ -114,9 +142,11 @@ def reference_keys(job: Job) -> dict:
             "max_new_tokens": job.config["generation"]["max_new_tokens"]}
 
 
-def human_rows(jobs: list[Job], cfg: MetricsConfig) -> list[dict]:
-    """The references themselves, one row per kind of reference, over every prompt any job
-    with those references saw."""
+def human_rows(jobs: list[Job], cfg: MetricsConfig, texts: list[dict] | None = None,
+               ) -> list[dict]:
+    """The references themselves, one row per kind of reference, over the prompts the jobs
+    with those references are compared on; their texts' rows go into ``texts``."""
+    texts = [] if texts is None else texts
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         groups.setdefault(tuple(reference_keys(job).values()), []).append(job)
@@ -125,10 +155,12 @@ def human_rows(jobs: list[Job], cfg: MetricsConfig) -> list[dict]:
         by_prompt = {r["prompt_id"]: r for job in group for r in job.records}
         records = [by_prompt[i] for i in sorted(by_prompt)]
         references = [r["reference"] for r in records]
-        row = {"method": "human", **reference_keys(group[0])}
+        row, stats = {"method": "human", **reference_keys(group[0])}, {}
         row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
-                                group[0].config["model"]["source"], "human references"))
+                                group[0].config["model"]["source"], "human references", stats))
         row["mean_tokens"] = float(row["max_new_tokens"])  # references have exactly this many
+        texts += per_text_rows({"method": "human", **reference_keys(group[0])}, records, None,
+                               stats)
         rows.append(row)
     return rows
 
@@ -160,32 +192,70 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
                       summary[is_human].sort_values(order)], ignore_index=True)
 
 
+SHOWN = [  # (column, scale, header) of the rendered table; every number is in summary.csv
+    ("mauve", 100, "MAUVE"), ("diversity", 100, "diversity"), ("rep_2", 1, "rep-2"),
+    ("distinct_2", 100, "distinct-2"), ("coherence", 1, "coherence"),
+    ("coherence_ll", 1, "coherence_ll"), ("perplexity", 1, "perplexity"),
+    ("mean_tokens", 1, "mean tokens"), ("topk_identical_rate", 100, "top-k identical %")]
+DELTAS = ["mauve", "diversity", "coherence", "perplexity"]
+
+
+def _number(value: float, scale: float) -> str:
+    return "" if pd.isna(value) else f"{value * scale:.2f}"
+
+
+def formatted(row: pd.Series, column: str, scale: float) -> str:
+    """``value [lo, hi]``; MAUVE ``value ± std``; Δ columns ``Δ [lo, hi]`` and ``*`` where the
+    Holm-adjusted p < 0.05."""
+    value = row.get(column)
+    if pd.isna(value):
+        return ""
+    text = _number(value, scale)
+    if column == "mauve" and pd.notna(row.get("mauve_std")):
+        return f"{text} ± {_number(row['mauve_std'], scale)}"
+    low, high = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    if pd.notna(low) and pd.notna(high):
+        text += f" [{_number(low, scale)}, {_number(high, scale)}]"
+    metric = column.removeprefix("delta_")
+    if column.startswith("delta_") and row.get(f"p_{metric}_holm", 1.0) < 0.05:
+        text += " *"
+    return text
+
+
+def rendered(summary: pd.DataFrame) -> pd.DataFrame:
+    """The table as strings: parameters, n, each metric with its interval, the Δs."""
+    frame = pd.DataFrame({c: summary[c] for c in ["method", *PARAMETERS, "n"] if c in summary})
+    frame = frame.astype(object).where(frame.notna(), "")
+    for column in ("n", *PARAMETERS):
+        if column in frame:
+            frame[column] = [f"{v:g}" if v != "" else "" for v in frame[column]]
+    for column, scale, header in SHOWN:
+        if column in summary:
+            frame[header] = [formatted(row, column, scale) for _, row in summary.iterrows()]
+        if column in DELTAS and f"delta_{column}" in summary:
+            frame[f"Δ {header}"] = [formatted(row, f"delta_{column}", scale)
+                                    for _, row in summary.iterrows()]
+    return frame
+
+
 def render_markdown(summary: pd.DataFrame, min_samples: int, notes: list[str] = ()) -> str:
-    """The papers' formatting: MAUVE and diversity x 100, two decimals."""
-    shown = summary.copy()
-    for column in ("mauve", "mauve_std", "diversity", "distinct_2", "topk_identical_rate"):
-        if column in shown:
-            shown[column] = shown[column] * 100
-    columns = [c for c in ["method", *PARAMETERS, "n", "mauve", "mauve_std", "diversity",
-                           "rep_2", "rep_3", "rep_4", "distinct_2", "coherence",
-                           "coherence_ll", "perplexity", "mean_tokens", "eos_rate",
-                           "topk_identical_rate"] if c in shown]
-    shown = shown[columns].astype(object).where(shown[columns].notna(), None)
-    table = shown.to_markdown(index=False, floatfmt=".2f", missingval="")
-    notes = ["MAUVE, diversity, distinct-2 and topk_identical_rate are x 100; rep-n in percent.",
-             *notes]
+    """The papers' formatting (MAUVE and diversity x 100, two decimals), with intervals."""
+    table = rendered(summary).to_markdown(index=False, disable_numparse=True)
+    notes = ["MAUVE, diversity, distinct-2 and top-k identical are x 100; rep-n in percent; "
+             "distinct-n has no interval (a corpus statistic).", *notes]
     if (summary["n"] < min_samples).any():
         notes.append(f"Warning: rows with n < {min_samples} samples: MAUVE is biased upward and "
-                     "noisy there; compare such values only with each other.")
+                     "noisy there; compare such values only with each other, at equal n.")
     return table + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
 
-def write_tables(per_seed: pd.DataFrame, summary: pd.DataFrame, out: Path,
-                 min_samples: int, notes: list[str] = ()) -> str:
+def write_tables(per_seed: pd.DataFrame, summary: pd.DataFrame, per_text: pd.DataFrame,
+                 out: Path, min_samples: int, notes: list[str] = ()) -> str:
     per_seed.drop(columns=["mauve_values"], errors="ignore").to_csv(out / "per_seed.csv",
                                                                     index=False)
+    per_text.to_csv(out / "per_text.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     markdown = render_markdown(summary, min_samples, notes)
     (out / "summary.md").write_text(markdown)
-    summary.to_latex(out / "summary.tex", index=False, float_format="%.2f", na_rep="")
+    rendered(summary).to_latex(out / "summary.tex", index=False, na_rep="")
     return markdown

@@ -72,24 +72,24 @@ def main() -> None:
                                          f"generation.batch_size={args.batch}"]),
             "fused": (ROOT, [f"generation.batch_size={args.fused_batch}"])}
     if args.before:
-        runs["before keyed sampling, one job at a time"] = (
+        runs["before keyed sampling (one at a time)"] = (
             args.before.resolve(), [f"generation.batch_size={args.batch}"])
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # interleaved: this machine's speed drifts
-            for label, (code, extra) in runs.items():
-                out = Path(tmp, f"{repeat}-{label.replace(' ', '_')}")
-                best[label] = min(best.get(label, float("inf")), sweep(code, out, [*size, *extra]))
-        first = Path(tmp, "0-one_job_at_a_time")
-        for label, (_, extra) in runs.items():
-            out = Path(tmp, f"0-{label.replace(' ', '_')}")
-            print(f"{label:42s} {extra[-1]:28s} {best[label]:7.1f} s  "
-                  f"{tokens(out) / best[label]:7.1f} tok/s (whole process, model load included)")
+            for number, (label, (code, extra)) in enumerate(runs.items()):
+                out = Path(tmp, f"{repeat}-{number}")
+                seconds = sweep(code, out, [*size, *extra])
+                best[label] = min(best.get(label, float("inf")), seconds)
+                print(f"{label:42s} {extra[-1]:28s} {seconds:7.1f} s  "
+                      f"{tokens(out) / seconds:7.1f} tok/s (whole process, model load included)",
+                      flush=True)
+        first = Path(tmp, "0-0")
         for label in runs:
             if label != "fused":
                 print(f"speed-up of fused over {label}: "
                       f"{best[label] / best['fused']:.2f}x")
-        unfused, fused = texts(first), texts(Path(tmp, "0-fused"))
+        unfused, fused = texts(first), texts(Path(tmp, "0-1"))
         same = sum(fused.get(key) == text for key, text in unfused.items())
         print(f"records identical between fused and one-at-a-time: {same} of {len(unfused)} "
               f"({same / len(unfused):.1%})")

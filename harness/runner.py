@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # Keys that do not change what a (prompt, seed) record holds, so changing them keeps resuming.
 UNHASHED = ("sweep", "wandb", "generation.seeds", "generation.samples_to_log",
-            "generation.batch_size", "model.device", "dataset.limit")
+            "generation.batch_size", "generation.compile", "model.device", "dataset.limit")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class GenerateConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     diagnostics: bool = True
     samples_to_log: int = 16  # rows of the W&B sample table
+    compile: bool = False  # static KV cache, which generate compiles on CUDA (bench/RESULTS.md)
 
 
 @dataclass
@@ -201,10 +202,13 @@ def summarize_steps(steps: list[StepDiagnostics], lengths: torch.Tensor) -> list
                                   out["topk_identical"], strict=True)]
 
 
-def generation_config(loaded: LoadedModel, max_new_tokens: int) -> GenerationConfig:
+def generation_config(loaded: LoadedModel, max_new_tokens: int,
+                      compile: bool = False) -> GenerationConfig:
     """generate's greedy path with every transformers default that could touch the scores off:
-    ``KeyedSampler`` alone decides (its noise makes greedy's argmax a sample)."""
-    return GenerationConfig(
+    ``KeyedSampler`` alone decides (its noise makes greedy's argmax a sample). ``compile``: a
+    static KV cache, whose forward generate compiles on CUDA."""
+    extra = {"cache_implementation": "static"} if compile else {}
+    return GenerationConfig(**extra,
         do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
         repetition_penalty=1.0, no_repeat_ngram_size=0, renormalize_logits=False,
         eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.tokenizer.pad_token_id,
@@ -287,7 +291,7 @@ def generate_rows(loaded: LoadedModel, rows: list[Row], gen: GenerateConfig,
         output = loaded.model.generate(
             input_ids=padded["input_ids"].to(device),
             attention_mask=padded["attention_mask"].to(device),
-            generation_config=generation_config(loaded, gen.max_new_tokens),
+            generation_config=generation_config(loaded, gen.max_new_tokens, gen.compile),
             logits_processor=[sampler], stopping_criteria=StoppingCriteriaList([stop]),
         )
     if stop.signum is not None:

@@ -82,6 +82,28 @@ def test_analysis_of_a_tiny_sweep_writes_the_table(tiny_sweep):
     assert sorted(top_k["seed"]) == [0, 1]
     assert summary[summary["method"] == "top_k"]["diversity"].iloc[0] == pytest.approx(
         top_k["diversity"].mean())
+    # Every metric with an interval around it; Δs against top_k; per-text drill-down.
+    for metric in ("diversity", "rep_2", "coherence", "perplexity", "mean_tokens"):
+        inside = summary[metric].between(summary[f"{metric}_lo"] - 1e-9,
+                                         summary[f"{metric}_hi"] + 1e-9)
+        assert inside[summary[f"{metric}_lo"].notna()].all() and summary[f"{metric}_lo"].notna(
+            ).sum() >= 11, metric
+    same_as_top_k = summary[(summary["method"] == "locally_typical_distance")
+                            & (summary["alpha"] <= 0.7)]  # the tiny model's entropy is high
+    for metric in ("mauve", "diversity", "coherence", "perplexity", "mean_tokens"):
+        assert (same_as_top_k[f"delta_{metric}"] == 0).all(), metric
+        assert (same_as_top_k[f"p_{metric}"] == 1).all(), metric
+    assert summary.loc[summary["method"] == "top_k", "delta_diversity"].isna().all()  # baseline
+    per_text = pd.read_csv(tiny_sweep / "per_text.csv")
+    assert {"job", "prompt_id", "seed", "num_tokens", "coherence", "ll_sum", "ll_tokens", "u2",
+            "t2", "u4", "t4"} <= set(per_text)
+    top_k_texts = per_text[per_text["method"] == "top_k"]
+    assert len(top_k_texts) == 24
+    pooled = top_k_texts[["u2", "t2"]].sum()
+    assert summary.loc[summary["method"] == "top_k", "rep_2"].iloc[0] == pytest.approx(
+        100 * (1 - pooled["u2"] / pooled["t2"]))
+    markdown = (tiny_sweep / "summary.md").read_text()
+    assert "Δ diversity" in markdown and "Holm" in markdown and "Minimum detectable" in markdown
     # alpha <= 0.3 of the scaling form is top_k exactly (diagnostics say so).
     tau = summary[(summary["method"] == "locally_typical_distance") & (summary["alpha"] == 0.2)]
     assert tau["topk_identical_rate"].iloc[0] >= runs[runs["method"] == "top_k"][

@@ -1,0 +1,110 @@
+"""Uncertainty for the comparison table: paired bootstrap intervals and sign-flip tests over
+prompts, Holm's adjustment and minimum detectable effects. Pure numpy, vectorised over
+resamples (index-count matrices times per-prompt sums; no Python loop over resamples).
+
+Every metric is a function of per-prompt sums: ``stat = f(Σ_prompts num, Σ_prompts den)``
+(a mean: num = value summed over the prompt's texts, den = its text count; rep-n: unique and
+total n-grams; perplexity: NLL and token counts). The resampling unit is the prompt (a prompt's
+seeds move together), and every configuration is resampled with the same prompt indices, so
+differences between configurations are paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Stat = Callable[[np.ndarray], np.ndarray]  # sums [..., parts] -> statistic [...]
+
+
+@dataclass
+class BootstrapConfig:
+    """``bootstrap`` in ``conf/analysis.yaml``."""
+
+    samples: int = 10000  # at least 20 x the number of tests, so min p survives Holm
+    seed: int = 0
+    level: float = 0.95
+
+
+def ratio(sums: np.ndarray) -> np.ndarray:
+    """Σnum / Σden (the mean of per-text values, or a pooled ratio)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums[..., 0] / sums[..., 1]
+
+
+def resample_counts(prompts: int, samples: int, seed: int) -> np.ndarray:
+    """``[samples, prompts]``: how often each prompt is drawn in each bootstrap resample."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(prompts, np.full(prompts, 1 / prompts), size=samples).astype(float)
+
+
+def sign_flips(prompts: int, samples: int, seed: int) -> np.ndarray:
+    """``[samples, prompts]`` of 0/1: which prompts swap their two configurations."""
+    return np.random.default_rng(seed + 1).integers(0, 2, size=(samples, prompts)).astype(float)
+
+
+def interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.nan, np.nan
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap(parts: np.ndarray, stat: Stat, counts: np.ndarray,
+              level: float) -> tuple[float, float, float]:
+    """Point estimate and percentile interval; ``parts`` is ``[prompts, k]`` per-prompt sums."""
+    point = float(stat(parts.sum(0)))
+    replicates = stat(np.einsum("bp,pk->bk", counts, parts))
+    return (point, *interval(replicates, level))
+
+
+@dataclass
+class Comparison:
+    delta: float
+    low: float
+    high: float
+    p: float
+    se: float
+
+
+def compare(parts: np.ndarray, base: np.ndarray, stat: Stat, counts: np.ndarray,
+            flips: np.ndarray, level: float) -> Comparison:
+    """Δ = stat(configuration) - stat(baseline) on the same prompts: paired-bootstrap interval
+    and standard error, and a two-sided paired sign-flip p-value (c + 1) / (B + 1), where each
+    replicate swaps the two configurations' texts of a random half of the prompts. Identical
+    configurations give Δ = 0 and p = 1 exactly."""
+    delta = float(stat(parts.sum(0)) - stat(base.sum(0)))
+    replicates = (stat(np.einsum("bp,pk->bk", counts, parts))
+                  - stat(np.einsum("bp,pk->bk", counts, base)))
+    low, high = interval(replicates, level)
+    difference = base - parts  # what a swap adds to the configuration (and takes from the base)
+    swapped = np.einsum("bp,pk->bk", flips, difference)
+    null = stat(parts.sum(0) + swapped) - stat(base.sum(0) - swapped)
+    null = np.where(np.isfinite(null), null, 0.0)
+    exceed = np.sum(np.abs(null) >= abs(delta) - 1e-12 * max(1.0, abs(delta)))
+    p = (exceed + 1) / (len(flips) + 1) if np.isfinite(delta) else np.nan
+    finite = replicates[np.isfinite(replicates)]
+    return Comparison(delta, low, high, float(p), float(finite.std()) if finite.size else np.nan)
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment (family-wise error) of the finite p-values; NaN stays."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def minimum_detectable_effect(se: float) -> float:
+    """The Δ a two-sided 5% test detects with 80% power: (1.96 + 0.84) x SE(Δ)."""
+    return 2.8 * se
