@@ -95,8 +95,9 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     if cfg.write_back and cfg.wandb.mode != "disabled":
         write_back(jobs, per_seed, cfg.wandb, out)
     print(markdown)
-    log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv, per_text.csv and %d plots; embedded %d texts "
-             "(everything else came from the cache)", out, len(plots), features.stats["embedded"])
+    log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv, per_text.csv and %d plots; embedded "
+             "%d texts (everything else came from the cache)", out, len(plots),
+             features.stats["embedded"])
     return summary
 
 

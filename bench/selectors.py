@@ -99,7 +99,7 @@ def sampler_cost(device: torch.device, shapes: list[tuple[int, int]], repeats: i
                            ("all", torch.ones_like(logits, dtype=torch.bool))):
             masked = logits.where(keep, float("-inf"))
             old = seconds(lambda x=masked: torch.multinomial(x.softmax(-1), 1), device, repeats)
-            new = seconds(lambda x=logits, k=keep: perturb(x, k, keys).argmax(-1), device,
+            new = seconds(lambda x=logits, k=keep, r=keys: perturb(x, k, r).argmax(-1), device,
                           repeats)
             print(f"{batch:>4}x{vocab:<8} {kept:>6} {old * 1e3:20.3f} {new * 1e3:8.3f} "
                   f"{new / old:6.2f}")
