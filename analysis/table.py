@@ -194,9 +194,8 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 SHOWN = [  # (column, scale, header) of the rendered table; every number is in summary.csv
     ("mauve", 100, "MAUVE"), ("diversity", 100, "diversity"), ("rep_2", 1, "rep-2"),
-    ("distinct_2", 100, "distinct-2"), ("coherence", 1, "coherence"),
-    ("coherence_ll", 1, "coherence_ll"), ("perplexity", 1, "perplexity"),
-    ("mean_tokens", 1, "mean tokens"), ("topk_identical_rate", 100, "top-k identical %")]
+    ("coherence", 1, "coherence"), ("perplexity", 1, "perplexity"),
+    ("topk_identical_rate", 100, "top-k identical %")]
 DELTAS = ["mauve", "diversity", "coherence", "perplexity"]
 
 
@@ -224,7 +223,9 @@ def formatted(row: pd.Series, column: str, scale: float) -> str:
 
 def rendered(summary: pd.DataFrame) -> pd.DataFrame:
     """The table as strings: parameters, n, each metric with its interval, the Δs."""
-    frame = pd.DataFrame({c: summary[c] for c in ["method", *PARAMETERS, "n"] if c in summary})
+    shown = [c for c in ["method", *PARAMETERS, "n"] if c in summary
+             and not (c == "temperature" and set(summary[c].dropna()) <= {1.0})]
+    frame = pd.DataFrame({c: summary[c] for c in shown})
     frame = frame.astype(object).where(frame.notna(), "")
     for column in ("n", *PARAMETERS):
         if column in frame:
@@ -241,8 +242,10 @@ def rendered(summary: pd.DataFrame) -> pd.DataFrame:
 def render_markdown(summary: pd.DataFrame, min_samples: int, notes: list[str] = ()) -> str:
     """The papers' formatting (MAUVE and diversity x 100, two decimals), with intervals."""
     table = rendered(summary).to_markdown(index=False, disable_numparse=True)
-    notes = ["MAUVE, diversity, distinct-2 and top-k identical are x 100; rep-n in percent; "
-             "distinct-n has no interval (a corpus statistic).", *notes]
+    notes = ["MAUVE, diversity and top-k identical are x 100; rep-2 in percent; summary.csv "
+             "has every other metric (distinct-n, coherence_ll, mean tokens, EOS rate, "
+             "diagnostics) with its interval and Δ; distinct-n has no interval (a corpus "
+             "statistic).", *notes]
     if (summary["n"] < min_samples).any():
         notes.append(f"Warning: rows with n < {min_samples} samples: MAUVE is biased upward and "
                      "noisy there; compare such values only with each other, at equal n.")

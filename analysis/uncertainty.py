@@ -12,6 +12,7 @@ tested by swapping the two configurations' k-means labels on one shared codebook
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.features import featurize
+from analysis.features import disk_cached, featurize
 from analysis.load import Job
 from analysis.mauve import MauveConfig, mauve_swap_test
 from analysis.stats import (
@@ -114,17 +115,24 @@ def mauve_delta(method: Job, base: Job, prompts: np.ndarray, cfg: MauveConfig,
     if [(r["seed"], r["prompt_id"]) for r in a] != [(r["seed"], r["prompt_id"]) for r in b]:
         return math.nan, math.nan
     generator = method.config["model"]["source"]
-
-    def features(texts: list[str]) -> np.ndarray:
-        return featurize(texts, cfg.featurizer, cfg.max_tokens, generator)
-
-    human = features([r["reference"] for r in texts_of(base, seeds[:1], prompts)])
+    human = [r["reference"] for r in texts_of(base, seeds[:1], prompts)]
     index = {p: i for i, p in enumerate(prompts)}
-    parts = [features([r["continuation"] for r in rs if r["seed"] == s])
-             for rs in (a, b) for s in seeds]
-    m, bb = np.vstack(parts[: len(seeds)]), np.vstack(parts[len(seeds):])
-    return mauve_swap_test(human, bb, m, np.array([index[r["prompt_id"]] for r in a]), cfg,
-                           flips)
+    prompt_of_text = [index[r["prompt_id"]] for r in a]
+    by_seed = [[r["continuation"] for r in rs if r["seed"] == s] for rs in (a, b) for s in seeds]
+
+    def compute() -> np.ndarray:
+        def features(texts: list[str]) -> np.ndarray:
+            return featurize(texts, cfg.featurizer, cfg.max_tokens, generator)
+
+        m = np.vstack([features(t) for t in by_seed[: len(seeds)]])
+        bb = np.vstack([features(t) for t in by_seed[len(seeds) :]])
+        return np.array(mauve_swap_test(features(human), bb, m, np.array(prompt_of_text), cfg,
+                                        flips))
+
+    key = [vars(cfg), generator, human, by_seed, prompt_of_text, flips.shape,
+           hashlib.sha1(flips.tobytes()).hexdigest()]
+    delta, p = disk_cached("mauve_swap", key, compute)
+    return float(delta), float(p)
 
 
 def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
@@ -189,6 +197,9 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
                         continue
                     summary.loc[i, ["delta_mauve", "p_mauve"]] = delta, p
                     tests.append((i, "p_mauve"))
+    added = [c for c in summary if c.endswith(("_lo", "_hi", "_holm")) or c.startswith(
+        ("delta_", "p_"))]
+    summary[added] = summary[added].astype(float)
     if tests:
         adjusted = holm(np.array([summary.loc[i, c] for i, c in tests], dtype=float))
         for (i, column), value in zip(tests, adjusted, strict=True):
@@ -202,7 +213,9 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
             f"{'; '.join(baselines)}, paired (same resampled prompts); p: paired sign-flip test "
             f"with {samples_test} resamples; * marks Holm-adjusted p < 0.05 over all "
             f"{len(tests)} tests of this table. MAUVE: mean ± std over k-means and generation "
-            "seeds, its Δ tested by swapping k-means labels on one shared codebook.")
+            "seeds; its Δ is measured on one k-means codebook shared by human, baseline and "
+            "row (so it is not the difference of two MAUVE cells) and tested by swapping the "
+            "two rows' labels.")
         mde = {m: np.nanmedian([minimum_detectable_effect(se) for se in values])
                for m, values in ses.items() if values and m in MAIN}
         if mde:
