@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessor
 
-from harness.selectors import Selector, StepDiagnostics, diagnose_prepared
+from harness.selectors import Selector, StepDiagnostics, check_no_nan, diagnose_prepared
 
 SAMPLER_VERSION = "keyed-gumbel-1"  # part of every record's config hash
 NEG_INF = float("-inf")
@@ -113,13 +113,7 @@ class KeyedSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: Tensor) -> Tensor:
         step = input_ids.shape[1] - self.prompt_length
         logits = scores.float()
-        if logits.amax().isnan():  # max propagates NaN: one pass, no temporary
-            names = ", ".join(sorted({s.name for s, _ in self.groups}))
-            raise FloatingPointError(
-                f"the model produced NaN logits at generated position {step + 1} ({names}); "
-                "nothing is sampled from NaN. Run the model in float32 (model.dtype=float32) or "
-                "check its weights."
-            )
+        check_no_nan(logits, step + 1, ", ".join(sorted({s.name for s, _ in self.groups})))
         if logits is scores:
             logits = logits.clone()
         keep = torch.empty_like(logits, dtype=torch.bool)

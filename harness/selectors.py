@@ -153,6 +153,16 @@ def diagnose_prepared(logits: Tensor, keep: Tensor) -> StepDiagnostics:
     return StepDiagnostics(kept, mass, mean_rank.float(), topk_identical)
 
 
+def check_no_nan(logits: Tensor, position: int, methods: str) -> None:
+    """Refuse NaN logits (max propagates NaN: one pass, no temporary)."""
+    if logits.amax().isnan():
+        raise FloatingPointError(
+            f"the model produced NaN logits at generated position {position} ({methods}); "
+            "nothing is sampled from NaN. Run the model in float32 (model.dtype=float32) or "
+            "check its weights."
+        )
+
+
 class SelectorLogitsProcessor(LogitsProcessor):
     """Adapts a ``Selector`` to ``model.generate(logits_processor=[...])``."""
 
@@ -165,12 +175,7 @@ class SelectorLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: Tensor) -> Tensor:
         self.calls += 1
         logits = self.selector.prepare(scores)
-        if logits.amax().isnan():  # max propagates NaN: one pass, no temporary
-            raise FloatingPointError(
-                f"the model produced NaN logits at generated position {self.calls} "
-                f"({self.selector.name}); nothing is sampled from NaN. Run the model in float32 "
-                "(model.dtype=float32) or check its weights."
-            )
+        check_no_nan(logits, self.calls, self.selector.name)
         keep = self.selector.select(logits)
         if self.record:
             self.steps.append(diagnose_prepared(logits, keep))
