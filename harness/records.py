@@ -38,7 +38,7 @@ class Parsed:
     torn: bytes = b""
 
 
-def problem(line: str) -> tuple[dict | None, str]:
+def parse_line(line: str) -> tuple[dict | None, str]:
     """(record, '') for a good line; (None, why) for a corrupt one."""
     try:
         record = json.loads(line)
@@ -65,7 +65,7 @@ def parse(path: Path) -> Parsed:
     for number, line in enumerate(raw[:end].decode(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
-        record, why = problem(line)
+        record, why = parse_line(line)
         if record is not None:
             key = record["prompt_id"], record["seed"]
             if key in seen:
