@@ -46,10 +46,15 @@ def identity(config: dict) -> str:
     return json.dumps({**keep, "dataset": dataset}, sort_keys=True)
 
 
-def reference_group(config: dict) -> tuple:
-    """Jobs whose records share references (and so are compared on one prompt set)."""
-    return (config["model"]["name"], config["dataset"]["name"],
-            config["generation"]["max_new_tokens"])
+REFERENCE_KEYS = ("model", "dataset", "max_new_tokens")
+
+
+def reference_keys(config: dict) -> dict:
+    """What defines a job's references: the next max_new_tokens tokens (of the model's
+    tokenizer) of the dataset's documents. Jobs with equal keys are compared on one prompt
+    set, against one human row."""
+    return dict(zip(REFERENCE_KEYS, (config["model"]["name"], config["dataset"]["name"],
+                                     config["generation"]["max_new_tokens"]), strict=True))
 
 
 def read_job_dir(job: Job, job_dir: Path, owner: dict[tuple[int, int], tuple[Path, str]],
@@ -57,6 +62,10 @@ def read_job_dir(job: Job, job_dir: Path, owner: dict[tuple[int, int], tuple[Pat
     """Add ``job_dir``'s records to ``job``; corrupt lines are skipped with a warning, repeats of
     a (prompt, seed) already read are dropped, and a repeat with another text is an error."""
     parsed = parse(job_dir / RECORDS)
+    if parsed.records:
+        job.dirs.append(job_dir)
+    else:  # none yet, or only corrupt lines (which would empty the common prompt set)
+        log.warning("job %s has no generations yet: skipped (re-run its command)", job_dir)
     for number, _, why in parsed.rejected:
         if why.startswith("duplicate"):
             counts["duplicates"] += 1
@@ -83,7 +92,7 @@ def restrict_to_common_prompts(jobs: list[Job]) -> None:
     it has, so that every row of the table (and the human row) is over the same prompts."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        groups.setdefault(reference_group(job.config), []).append(job)
+        groups.setdefault(tuple(reference_keys(job.config).values()), []).append(job)
     for group in groups.values():
         common: set[int] | None = None
         for job in group:
@@ -112,24 +121,19 @@ def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
                                     "python -m harness -m wrote (e.g. multirun/seed_comparison).")
         for config_path in sorted(sweep.rglob(JOB)):
             job_dir = config_path.parent
-            records_path = job_dir / RECORDS
-            if not records_path.exists() or records_path.stat().st_size == 0:
-                log.warning("job %s has no generations yet: skipped (re-run its command)", job_dir)
-                continue
             config = yaml.safe_load(config_path.read_text())
             key = identity(config)
             job = jobs.setdefault(key, Job(config))
-            job.dirs.append(job_dir)
             read_job_dir(job, job_dir, owners.setdefault(key, {}), counts)
-    if not jobs:
-        raise FileNotFoundError(f"no job with generations under {', '.join(map(str, sweep_dirs))}"
-                                "; run a sweep first (python -m harness.sweep seed_comparison).")
     if counts["duplicates"]:
         log.warning("%d duplicated (configuration, prompt, seed) records dropped: each is "
                     "counted once", counts["duplicates"])
     if counts["corrupt"]:
         log.warning("%d corrupt lines skipped (re-running their jobs quarantines and regenerates "
                     "them)", counts["corrupt"])
-    result = list(jobs.values())
+    result = [job for job in jobs.values() if job.records]
+    if not result:
+        raise FileNotFoundError(f"no job with generations under {', '.join(map(str, sweep_dirs))}"
+                                "; run a sweep first (python -m harness.sweep seed_comparison).")
     restrict_to_common_prompts(result)
     return result

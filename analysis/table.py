@@ -18,7 +18,7 @@ from analysis.coherence import (
 )
 from analysis.diversity import diversity_metrics, ngram_counts
 from analysis.features import disk_cached, featurize
-from analysis.load import Job
+from analysis.load import Job, reference_keys
 from analysis.mauve import MauveConfig, mauve_scores
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
 def configuration(job: Job) -> dict:
     """The columns that identify a job's rows: method, its parameters, references, dirs."""
     selector = dict(job.config["selector"])
-    return {"method": selector.pop("method"), **selector, **reference_keys(job), "job": job.name}
+    return {"method": selector.pop("method"), **selector, **reference_keys(job.config),
+            "job": job.name}
 
 
 def per_text_rows(base: dict, records: list[dict], seed: int | None, stats: dict) -> list[dict]:
@@ -135,13 +136,6 @@ def job_rows(job: Job, cfg: MetricsConfig, texts: list[dict] | None = None) -> l
     return rows
 
 
-def reference_keys(job: Job) -> dict:
-    """What defines a job's references: the next max_new_tokens tokens (of the model's
-    tokenizer) of the dataset's documents."""
-    return {"model": job.config["model"]["name"], "dataset": job.config["dataset"]["name"],
-            "max_new_tokens": job.config["generation"]["max_new_tokens"]}
-
-
 def human_rows(jobs: list[Job], cfg: MetricsConfig, texts: list[dict] | None = None,
                ) -> list[dict]:
     """The references themselves, one row per kind of reference, over the prompts the jobs
@@ -149,18 +143,18 @@ def human_rows(jobs: list[Job], cfg: MetricsConfig, texts: list[dict] | None = N
     texts = [] if texts is None else texts
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        groups.setdefault(tuple(reference_keys(job).values()), []).append(job)
+        groups.setdefault(tuple(reference_keys(job.config).values()), []).append(job)
     rows = []
     for group in groups.values():
         by_prompt = {r["prompt_id"]: r for job in group for r in job.records}
         records = [by_prompt[i] for i in sorted(by_prompt)]
         references = [r["reference"] for r in records]
-        row, stats = {"method": "human", **reference_keys(group[0])}, {}
+        base = {"method": "human", **reference_keys(group[0].config)}
+        row, stats = dict(base), {}
         row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
                                 group[0].config["model"]["source"], "human references", stats))
         row["mean_tokens"] = float(row["max_new_tokens"])  # references have exactly this many
-        texts += per_text_rows({"method": "human", **reference_keys(group[0])}, records, None,
-                               stats)
+        texts += per_text_rows(base, records, None, stats)
         rows.append(row)
     return rows
 

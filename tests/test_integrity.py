@@ -208,6 +208,7 @@ def test_the_analysis_compares_rows_on_the_common_prompts(sweep, tmp_path, caplo
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["prompt_id"] != rows[0][
         "prompt_id"]) + "{torn")
+    (next(partial.glob("min_p*")) / RECORDS).write_text("only corrupt lines\n")
     jobs = find_jobs([partial])
-    assert {len(j.records) for j in jobs} == {5}
+    assert len(jobs) == 10 and {len(j.records) for j in jobs} == {5}
     assert "1 records set aside" in caplog.text
