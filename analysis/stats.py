@@ -62,6 +62,16 @@ def bootstrap(parts: np.ndarray, stat: Stat, counts: np.ndarray,
     return (point, *interval(replicates, level))
 
 
+def permutation_p(null: np.ndarray, observed: float) -> float:
+    """Two-sided (c + 1) / (B + 1): c of the B null replicates are at least as far from 0 as
+    ``observed`` (ties within rounding count)."""
+    if not np.isfinite(observed):
+        return np.nan
+    null = np.where(np.isfinite(null), null, 0.0)
+    exceed = np.sum(np.abs(null) >= abs(observed) - 1e-12 * max(1.0, abs(observed)))
+    return float((exceed + 1) / (len(null) + 1))
+
+
 @dataclass
 class Comparison:
     delta: float
@@ -84,11 +94,9 @@ def compare(parts: np.ndarray, base: np.ndarray, stat: Stat, counts: np.ndarray,
     difference = base - parts  # what a swap adds to the configuration (and takes from the base)
     swapped = np.einsum("bp,pk->bk", flips, difference)
     null = stat(parts.sum(0) + swapped) - stat(base.sum(0) - swapped)
-    null = np.where(np.isfinite(null), null, 0.0)
-    exceed = np.sum(np.abs(null) >= abs(delta) - 1e-12 * max(1.0, abs(delta)))
-    p = (exceed + 1) / (len(flips) + 1) if np.isfinite(delta) else np.nan
+    p = permutation_p(null, delta)
     finite = replicates[np.isfinite(replicates)]
-    return Comparison(delta, low, high, float(p), float(finite.std()) if finite.size else np.nan)
+    return Comparison(delta, low, high, p, float(finite.std()) if finite.size else np.nan)
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.features import disk_cached, featurize
-from analysis.load import Job
+from analysis.load import REFERENCE_KEYS, Job
 from analysis.mauve import MauveConfig, mauve_swap_test
 from analysis.stats import (
     BootstrapConfig,
@@ -82,9 +82,15 @@ def with_parts(per_text: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def prompt_sums(texts: pd.DataFrame, prompts: np.ndarray, columns: list[str]) -> np.ndarray:
-    """``[prompts, columns]``: each prompt's sums over its texts (all its seeds)."""
-    return texts.groupby("prompt_id")[columns].sum().reindex(prompts).to_numpy(float)
+def prompt_sums(texts: pd.DataFrame, prompts: np.ndarray,
+                metrics: list[str]) -> dict[str, np.ndarray]:
+    """Per metric, ``[prompts, parts]``: each prompt's sums over its texts (all its seeds), from
+    one groupby; metrics whose parts the texts lack (humans: diagnostics) are left out."""
+    columns = sorted({c for m in metrics for c in PARTS[m][0]})
+    complete = texts[columns].notna().all()
+    table = texts.groupby("prompt_id")[columns].sum().reindex(prompts)
+    return {m: table[PARTS[m][0]].to_numpy(float) for m in metrics
+            if complete[PARTS[m][0]].all()}
 
 
 def select_baseline(rows: pd.DataFrame, cfg: BaselineConfig) -> int | None:
@@ -148,13 +154,12 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
         return tuple("" if pd.isna(row.get(k)) else row.get(k) for k in keys)
 
     text_groups = {k: g for k, g in frame.groupby(frame.apply(key, axis=1), sort=False)}
-    group_keys = ["model", "dataset", "max_new_tokens"]
     tests: list[tuple[int, str]] = []  # (summary index, metric) of every p-value, for Holm
     ses: dict[str, list[float]] = {m: [] for m in metrics}
-    compared = sum(len(g) - 2 for _, g in summary.groupby(group_keys)) or 1
+    compared = sum(len(g) - 2 for _, g in summary.groupby(list(REFERENCE_KEYS))) or 1
     samples_test = max(cfg.samples, 20 * compared * (len(metrics) + ("mauve" in summary)))
     baselines, prompt_counts = [], []
-    for _, rows in summary.groupby(group_keys, sort=False):
+    for _, rows in summary.groupby(list(REFERENCE_KEYS), sort=False):
         texts = {i: text_groups.get(key(row)) for i, row in rows.iterrows()}
         prompts = np.array(sorted(set.intersection(*[set(t["prompt_id"]) for t in
                                                     texts.values() if t is not None])))
@@ -163,9 +168,7 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
         prompt_counts.append(len(prompts))
         counts = resample_counts(len(prompts), cfg.samples, cfg.seed)
         flips = sign_flips(len(prompts), samples_test, cfg.seed)
-        sums = {i: {m: prompt_sums(t, prompts, PARTS[m][0]) for m in metrics
-                    if t[PARTS[m][0]].notna().all().all()}  # humans have no diagnostics
-                for i, t in texts.items() if t is not None}
+        sums = {i: prompt_sums(t, prompts, metrics) for i, t in texts.items() if t is not None}
         for i, by_metric in sums.items():
             for m in by_metric:
                 _, low, high = bootstrap(by_metric[m], PARTS[m][1], counts, cfg.level)
