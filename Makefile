@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 DEMO_SIZE ?= dataset.limit=24 generation.seeds=[0] generation.max_new_tokens=48
 DEMO_DIR := multirun/seed_comparison
 
-.PHONY: venv setup demo sweep analysis test lint bench clean
+.PHONY: venv setup demo sweep analysis test test-slow lint bench clean
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON3) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: sweep analysis
 
 test: venv
 	$(PY) -m pytest
+
+# Slow integration tests (SLURM, LaTeX, Chromium, the heaviest fault injection): CI runs them.
+test-slow: venv
+	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # 5: none collected
 
 lint: venv
 	$(PY) -m ruff check .
