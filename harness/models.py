@@ -155,37 +155,45 @@ def random_model(source: str, device: torch.device, dtype: torch.dtype) -> PreTr
         torch.set_default_dtype(previous)
 
 
-_CACHE: dict[tuple, LoadedModel] = {}
+# Weights and tokenizer per (source, device, dtype). The EOS list is per job: two jobs with
+# other model.eos_token_ids share the weights but never each other's EOS list.
+_CACHE: dict[tuple, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
-    """Load (once per process and config) the model and tokenizer that ``cfg`` names."""
+    """The model and tokenizer that ``cfg`` names (weights loaded once per process) with its
+    EOS list."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     key = (cfg.source, str(device), dtype)
-    if key in _CACHE:
-        return _CACHE[key]
-    if cfg.source == "tiny":
+    if key not in _CACHE:
+        _CACHE[key] = load_weights(cfg.source, device, dtype)
+    model, tokenizer = _CACHE[key]
+    eos = list(cfg.eos_token_ids or [tokenizer.eos_token_id])
+    max_length = getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length
+    return LoadedModel(model, tokenizer, eos, int(max_length))
+
+
+def load_weights(source: str, device: torch.device, dtype: torch.dtype,
+                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if source == "tiny":
         tokenizer = tiny_tokenizer()
         model = tiny_model(len(tokenizer))
-    elif cfg.source in RANDOM_SHAPES:
+    elif source in RANDOM_SHAPES:
         tokenizer = tiny_tokenizer()
-        model = random_model(cfg.source, device, dtype)
+        model = random_model(source, device, dtype)
     else:
-        path = build_smollm2() if cfg.source == "bundled:smollm2" else cfg.source
+        path = build_smollm2() if source == "bundled:smollm2" else source
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         except OSError as error:
             raise ValueError(
-                f"model.source={cfg.source!r} could not be loaded ({error}). Use a local folder, "
+                f"model.source={source!r} could not be loaded ({error}). Use a local folder, "
                 "bundled:smollm2, tiny, or a hub name on a machine with network access."
             ) from error
     model = model.to(device=device, dtype=dtype).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    eos = list(cfg.eos_token_ids or [tokenizer.eos_token_id])
-    max_length = getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length
-    _CACHE[key] = LoadedModel(model, tokenizer, eos, int(max_length))
-    return _CACHE[key]
+    return model, tokenizer

@@ -2,10 +2,10 @@
 only reads it). Torch-free.
 
 A job dir holds ``generations.jsonl``: one JSON object per line, one line per (prompt, seed),
-appended and flushed batch by batch. A line that does not parse or lacks a required field is
-corrupt: the runner moves it to ``generations.quarantine.jsonl`` (with its line number) and
-generates its pair again; the analysis skips it with a warning. A torn last line (a kill
-mid-write) is cut off.
+appended and flushed batch by batch. A line that does not parse, lacks a required field or
+holds a non-ASCII byte (the writer escapes every other character) is corrupt: the runner moves
+it to ``generations.quarantine.jsonl`` (with its line number) and generates its pair again;
+the analysis skips it with a warning. A torn last line (a kill mid-write) is cut off.
 """
 
 from __future__ import annotations
@@ -62,10 +62,13 @@ def parse(path: Path) -> Parsed:
     end = raw.rfind(b"\n") + 1
     out.torn = raw[end:]
     seen: dict[tuple[int, int], int] = {}
-    for number, line in enumerate(raw[:end].decode(errors="replace").splitlines(), 1):
+    for number, raw_line in enumerate(raw[:end].split(b"\n")[:-1], 1):
+        line = raw_line.decode(errors="replace")
         if not line.strip():
             continue
-        record, why = parse_line(line)
+        # The writer emits ASCII only (json.dumps escapes the rest), so any other byte is a
+        # corrupted one, even where it still decodes (to U+FFFD inside a string).
+        record, why = parse_line(line) if raw_line.isascii() else (None, "non-ASCII byte")
         if record is not None:
             key = record["prompt_id"], record["seed"]
             if key in seen:

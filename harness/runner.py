@@ -16,7 +16,6 @@ dataset and generation settings as one batched generation: rows = prompts x seed
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from harness import identity
 from harness.data import DatasetConfig, Prompt, load_prompts
 from harness.models import LoadedModel, ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
@@ -43,9 +43,9 @@ from harness.tracking import WandbConfig, wandb_run
 
 log = logging.getLogger(__name__)
 
-# Keys that do not change what a (prompt, seed) record holds, so changing them keeps resuming.
-UNHASHED = ("sweep", "wandb", "generation.seeds", "generation.samples_to_log",
-            "generation.batch_size", "generation.compile", "model.device", "dataset.limit")
+# Greedy draws nothing, so its texts do not depend on the seed: it always runs this one, so
+# runs with different seed lists share its records (and the analysis pairs it on this seed).
+GREEDY_SEED = 0
 
 
 @dataclass
@@ -90,29 +90,15 @@ def build_selector(selector_cfg: dict[str, Any]) -> Selector:
     return make_selector(params.pop("method"), **params)
 
 
-def _without(cfg: DictConfig, dotted_keys: tuple[str, ...]) -> dict:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in dotted_keys:
-        *parents, leaf = dotted.split(".")
-        node = resolved
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
-    return resolved
-
-
 def config_hash(cfg: DictConfig) -> str:
-    """What a record is a function of (plus the sampler's version): records of another hash are
-    never mixed into a job dir."""
-    content = {**_without(cfg, UNHASHED), "sampler": SAMPLER_VERSION}
-    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+    """What a record is a function of (``harness.identity``, plus the sampler's version):
+    records of another hash are never mixed into a job dir."""
+    return identity.config_hash(OmegaConf.to_container(cfg, resolve=True), SAMPLER_VERSION)
 
 
 def shared_settings(cfg: DictConfig) -> str:
     """Jobs with equal keys can run as one batched generation: same model, prompts, lengths."""
-    content = _without(cfg, ("selector", "sweep", "wandb", "generation.seeds",
-                             "generation.samples_to_log", "generation.batch_size"))
-    return json.dumps(content, sort_keys=True)
+    return identity.shared_settings(OmegaConf.to_container(cfg, resolve=True))
 
 
 def validate(cfg: DictConfig) -> Selector:
@@ -332,7 +318,7 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
         selector = validate(cfg)
         seeds = list(cfg.generation.seeds)
         jobs.append(Job(cfg, job_dir, name, selector, config_hash(cfg),
-                        seeds[:1] if selector.name == "greedy" else seeds))  # greedy draws nothing
+                        [GREEDY_SEED] if selector.name == "greedy" else seeds))
     if len({shared_settings(job.cfg) for job in jobs}) > 1:
         raise ValueError("generate_jobs: these jobs differ in model, dataset or generation "
                          "settings; group them with shared_settings first.")

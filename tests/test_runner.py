@@ -87,7 +87,7 @@ def test_a_job_writes_one_complete_record_per_prompt_and_seed(tiny_cfg, tmp_path
 
 def test_greedy_runs_once_and_is_deterministic(tiny_cfg, tmp_path):
     rows = run(tiny_cfg, tmp_path, "selector=greedy", "dataset.limit=4", "generation.seeds=[3,4]")
-    assert {r["seed"] for r in rows} == {3}
+    assert {r["seed"] for r in rows} == {0}  # one canonical seed, whatever the list
     assert all(r["kept_mean"] == 1.0 and r["topk_identical_rate"] == 1.0 for r in rows)
 
 
