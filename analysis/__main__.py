@@ -19,19 +19,19 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from analysis import features
-from analysis.load import DuplicateMismatch, find_jobs
+from analysis.load import DuplicateMismatch, find_jobs, load_notes
 from analysis.plots import make_plots
+from analysis.render import write_tables
 from analysis.stats import BootstrapConfig
 from analysis.table import (
-    KEYS,
     MetricsConfig,
     configuration,
     human_rows,
     job_rows,
+    parameters,
     summarize,
-    write_tables,
 )
-from analysis.uncertainty import BaselineConfig, add_uncertainty
+from analysis.uncertainty import BaselineConfig, add_uncertainty, check_baseline
 from harness.tracking import WandbConfig, wandb_run
 
 log = logging.getLogger("analysis")
@@ -58,26 +58,28 @@ def load_config(overrides: list[str]) -> AnalysisConfig:
 def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     """Analyse every job under ``sweep_dirs``; a job that fails is reported and left blank."""
     jobs = find_jobs(sweep_dirs)
+    missing_baseline = check_baseline(pd.DataFrame([configuration(job) for job in jobs]),
+                                      cfg.baseline, parameters(jobs))
     out = sweep_dirs[0]
     rows, texts = [], []
     for job in tqdm(jobs, desc="analysing jobs", unit="job"):
         try:
-            rows += job_rows(job, cfg.metrics, texts)
+            job_seed_rows, job_texts = job_rows(job, cfg.metrics)
+            rows, texts = rows + job_seed_rows, texts + job_texts
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             log.error("job %s could not be analysed: %s", job.name, error)
             rows.append({**configuration(job), "n": len(job.records), "seed": 0})
     try:
-        rows += human_rows(jobs, cfg.metrics, texts)
+        human_seed_rows, human_texts = human_rows(jobs, cfg.metrics)
+        rows, texts = rows + human_seed_rows, texts + human_texts
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         log.error("the human references could not be analysed: %s", error)
     per_seed, per_text = pd.DataFrame(rows), pd.DataFrame(texts)
-    summary = summarize(per_seed)
+    summary = summarize(per_seed, per_text, jobs)
     summary, notes = add_uncertainty(summary, per_text, jobs, cfg.metrics.mauve, cfg.bootstrap,
-                                     cfg.baseline, [k for k in KEYS if k in summary])
-    set_aside = sum(job.set_aside for job in jobs)
-    if set_aside:
-        notes.append(f"{set_aside} records outside the prompts every configuration finished "
-                     "were set aside: every row is over the same prompts.")
+                                     cfg.baseline, parameters(jobs))
+    notes = [*([missing_baseline] if missing_baseline else []), *notes,
+             *load_notes(sweep_dirs, jobs)]
     markdown = write_tables(per_seed, summary, per_text, out, cfg.metrics.mauve.min_samples,
                             notes)
     plots = make_plots(summary, out / "plots")

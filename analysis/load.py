@@ -4,13 +4,13 @@ that all configurations with the same references finished."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from harness import identity
 from harness.records import JOB, RECORDS, parse
 
 log = logging.getLogger(__name__)
@@ -18,43 +18,39 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    """One selector configuration: its config (from job.yaml) and all its shards' records."""
+    """One configuration (``harness.identity``): its config (from job.yaml) and all its
+    shards' records."""
 
     config: dict
     dirs: list[Path] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     set_aside: int = 0  # records outside the common prompt set
+    trimmed: int = 0  # texts that ended inside a character (see trim_partial_characters)
 
     @property
     def name(self) -> str:
         return ", ".join(str(d) for d in self.dirs)
+
+    @property
+    def config_id(self) -> str:
+        """Names the configuration in the CSVs: a short hash of what its records depend on."""
+        return identity.short(identity.configuration(self.config))
+
+    @property
+    def references_id(self) -> str:
+        """Names its reference group: jobs with one references_id share prompts and humans."""
+        return identity.short(identity.references(self.config))
 
 
 class DuplicateMismatch(ValueError):
     """Two dirs hold different texts for one (configuration, prompt, seed)."""
 
 
-def identity(config: dict) -> str:
-    """What makes two job dirs hold records of the same configuration: everything a record is a
-    function of (batch size, dataset limit and shards are not)."""
-    dataset = {k: v for k, v in config["dataset"].items()
-               if k not in ("shard", "num_shards", "limit")}
-    keep = {k: config[k] for k in ("model", "selector", "generation", "sampler") if k in config}
-    keep["generation"] = {k: v for k, v in keep.get("generation", {}).items()
-                          if k not in ("seeds", "batch_size", "samples_to_log")}
-    keep["model"] = {k: v for k, v in keep.get("model", {}).items() if k != "device"}
-    return json.dumps({**keep, "dataset": dataset}, sort_keys=True)
-
-
-REFERENCE_KEYS = ("model", "dataset", "max_new_tokens")
-
-
 def reference_keys(config: dict) -> dict:
-    """What defines a job's references: the next max_new_tokens tokens (of the model's
-    tokenizer) of the dataset's documents. Jobs with equal keys are compared on one prompt
-    set, against one human row."""
-    return dict(zip(REFERENCE_KEYS, (config["model"]["name"], config["dataset"]["name"],
-                                     config["generation"]["max_new_tokens"]), strict=True))
+    """The readable part of a job's reference group (the group itself is
+    ``Job.references_id``): model, dataset and reference length."""
+    return {"model": config["model"]["name"], "dataset": config["dataset"]["name"],
+            "max_new_tokens": config["generation"]["max_new_tokens"]}
 
 
 def read_job_dir(job: Job, job_dir: Path, owner: dict[tuple[int, int], tuple[Path, str]],
@@ -90,10 +86,7 @@ def read_job_dir(job: Job, job_dir: Path, owner: dict[tuple[int, int], tuple[Pat
 def restrict_to_common_prompts(jobs: list[Job]) -> None:
     """Within each reference group keep only the prompts that every job finished for every seed
     it has, so that every row of the table (and the human row) is over the same prompts."""
-    groups: dict[tuple, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(tuple(reference_keys(job.config).values()), []).append(job)
-    for group in groups.values():
+    for group in reference_groups(jobs).values():
         common: set[int] | None = None
         for job in group:
             seeds = {r["seed"] for r in job.records}
@@ -110,6 +103,52 @@ def restrict_to_common_prompts(jobs: list[Job]) -> None:
             job.records = kept
 
 
+def reference_groups(jobs: list[Job]) -> dict[str, list[Job]]:
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.references_id, []).append(job)
+    return groups
+
+
+PARTIAL = "\ufffd"  # what decoding leaves of a character whose bytes were cut
+
+
+def trim_partial_characters(job: Job) -> None:
+    """A prompt, continuation or reference cut by token count can end (or start) inside a
+    multi-byte character, which decodes to U+FFFD; that partial character is dropped before
+    scoring, and ``job.trimmed`` counts the texts it was dropped from."""
+    for record in job.records:
+        for key in ("prompt", "continuation", "reference"):
+            text = record[key]
+            if text.startswith(PARTIAL) or text.endswith(PARTIAL):
+                record[key] = text.strip(PARTIAL)
+                job.trimmed += key == "continuation"
+
+
+def unidentified_dirs(sweep_dirs: list[Path]) -> list[Path]:
+    """Dirs that hold records but no job.yaml: no configuration can be named for them."""
+    return sorted(p.parent for sweep in sweep_dirs if sweep.is_dir()
+                  for p in sweep.rglob(RECORDS) if not (p.parent / JOB).exists())
+
+
+def load_notes(sweep_dirs: list[Path], jobs: list[Job]) -> list[str]:
+    """What the loading left out or changed, for under the table."""
+    notes = []
+    unknown = unidentified_dirs(sweep_dirs)
+    if unknown:
+        notes.append(f"Warning: {len(unknown)} dir(s) with generations but no job.yaml left out "
+                     f"(their configuration is unknown): {', '.join(map(str, unknown))}.")
+    set_aside = sum(job.set_aside for job in jobs)
+    if set_aside:
+        notes.append(f"{set_aside} records outside the prompts every configuration finished "
+                     "were set aside: every row is over the same prompts.")
+    trimmed = sum(job.trimmed for job in jobs)
+    if trimmed:
+        notes.append(f"{trimmed} continuations were cut inside a multi-byte character by the "
+                     "token limit; that partial character (U+FFFD) was dropped before scoring.")
+    return notes
+
+
 def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
     """Every job under ``sweep_dirs``; a job without records is reported and skipped."""
     jobs: dict[str, Job] = {}
@@ -122,7 +161,7 @@ def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
         for config_path in sorted(sweep.rglob(JOB)):
             job_dir = config_path.parent
             config = yaml.safe_load(config_path.read_text())
-            key = identity(config)
+            key = identity.configuration(config)
             job = jobs.setdefault(key, Job(config))
             read_job_dir(job, job_dir, owners.setdefault(key, {}), counts)
     if counts["duplicates"]:
@@ -131,9 +170,14 @@ def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
     if counts["corrupt"]:
         log.warning("%d corrupt lines skipped (re-running their jobs quarantines and regenerates "
                     "them)", counts["corrupt"])
+    for job_dir in unidentified_dirs(sweep_dirs):
+        log.warning("%s holds generations but no %s: left out of the table (its configuration "
+                    "is unknown; re-run its command to write it)", job_dir, JOB)
     result = [job for job in jobs.values() if job.records]
     if not result:
         raise FileNotFoundError(f"no job with generations under {', '.join(map(str, sweep_dirs))}"
                                 "; run a sweep first (python -m harness.sweep seed_comparison).")
     restrict_to_common_prompts(result)
+    for job in result:
+        trim_partial_characters(job)
     return result

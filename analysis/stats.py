@@ -64,21 +64,28 @@ def bootstrap(parts: np.ndarray, stat: Stat, counts: np.ndarray,
 
 def permutation_p(null: np.ndarray, observed: float) -> float:
     """Two-sided (c + 1) / (B + 1): c of the B null replicates are at least as far from 0 as
-    ``observed`` (ties within rounding count)."""
+    ``observed`` (ties within rounding count, and so do NaN replicates)."""
     if not np.isfinite(observed):
         return np.nan
-    null = np.where(np.isfinite(null), null, 0.0)
-    exceed = np.sum(np.abs(null) >= abs(observed) - 1e-12 * max(1.0, abs(observed)))
+    # A replicate with no value (NaN: e.g. a ratio over nothing) counts as extreme: leaving it
+    # out or calling it 0 would make p too small.
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    exceed = np.sum(np.isnan(null) | (np.abs(null) >= abs(observed) - tolerance))
     return float((exceed + 1) / (len(null) + 1))
 
 
 @dataclass
 class Comparison:
+    """Δ with its interval, p-value and bootstrap SE; ``pairs``/``prompts``: what it is over
+    (set by ``analysis.uncertainty.compare_rows``)."""
+
     delta: float
     low: float
     high: float
     p: float
     se: float
+    pairs: int = 0
+    prompts: int = 0
 
 
 def compare(parts: np.ndarray, base: np.ndarray, stat: Stat, counts: np.ndarray,

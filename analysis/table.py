@@ -1,11 +1,13 @@
-"""Per-seed metrics of every job, the summary table (seeds aggregated), and its renderings."""
+"""Per-seed metrics of every configuration and the summary table: one row per configuration
+(``harness.identity``: everything its records are a function of), one human row per reference
+group. Its renderings are in ``analysis.render``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,14 +20,15 @@ from analysis.coherence import (
 )
 from analysis.diversity import diversity_metrics, ngram_counts
 from analysis.features import disk_cached, featurize
-from analysis.load import Job, reference_keys
+from analysis.load import Job, reference_groups, reference_keys
 from analysis.mauve import MauveConfig, mauve_scores
+from analysis.uncertainty import PARTS, with_parts
+from harness import identity
 
 log = logging.getLogger(__name__)
 
-PARAMETERS = ["alpha", "top_k", "mass", "top_p", "typical_p", "min_p", "epsilon", "eta",
-              "n_sigma", "temperature"]
-KEYS = ["method", *PARAMETERS, "model", "dataset", "max_new_tokens"]
+READABLE = {"model.name": "model", "dataset.name": "dataset",
+            "generation.max_new_tokens": "max_new_tokens"}  # settings shown under a short name
 NGRAM_COLUMNS = ["u2", "t2", "u3", "t3", "u4", "t4"]
 DIAGNOSTICS = ["topk_identical_rate", "kept_mean", "mass_mean", "rank_mean"]
 METRICS = ["mauve", "diversity", "rep_2", "rep_3", "rep_4", "distinct_1", "distinct_2",
@@ -77,7 +80,9 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
         m = cfg.mauve
         p = featurize(references, m.featurizer, m.max_tokens, generator)
         q = featurize(texts, m.featurizer, m.max_tokens, generator)
-        scores = disk_cached("mauve", [vars(m), references, texts], lambda: mauve_scores(p, q, m))
+        source = generator if m.featurizer == "generator" else None  # the features' model
+        scores = disk_cached("mauve", [vars(m), source, references, texts],
+                             lambda: mauve_scores(p, q, m))
         return {"mauve": float(np.mean(scores)), "mauve_values": list(scores)}
 
     families = {"coherence": coherence, "coherence_ll and perplexity": likelihood}
@@ -92,10 +97,11 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
 
 
 def configuration(job: Job) -> dict:
-    """The columns that identify a job's rows: method, its parameters, references, dirs."""
+    """The columns that identify a job's rows: method and its parameters (whatever its selector
+    config holds), its configuration and reference group, readable names, dirs."""
     selector = dict(job.config["selector"])
     return {"method": selector.pop("method"), **selector, **reference_keys(job.config),
-            "job": job.name}
+            "config": job.config_id, "references": job.references_id, "job": job.name}
 
 
 def per_text_rows(base: dict, records: list[dict], seed: int | None, stats: dict) -> list[dict]:
@@ -112,12 +118,12 @@ def per_text_rows(base: dict, records: list[dict], seed: int | None, stats: dict
     return rows
 
 
-def job_rows(job: Job, cfg: MetricsConfig, texts: list[dict] | None = None) -> list[dict]:
-    """One row per generation seed of ``job``; its texts' rows go into ``texts``."""
-    texts = [] if texts is None else texts
+def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
+    """One row per generation seed of ``job`` (``per_seed.csv``), and one per text
+    (``per_text.csv``)."""
     base = configuration(job)
     generator = job.config["model"]["source"]
-    rows = []
+    rows, texts = [], []
     for seed in sorted({r["seed"] for r in job.records}):
         records = sorted((r for r in job.records if r["seed"] == seed),
                          key=lambda r: r["prompt_id"])
@@ -133,126 +139,112 @@ def job_rows(job: Job, cfg: MetricsConfig, texts: list[dict] | None = None) -> l
             values = [r[key] for r in records if key in r]
             row[key] = float(np.mean(values)) if values else math.nan
         rows.append(row)
-    return rows
+    return rows, texts
 
 
-def human_rows(jobs: list[Job], cfg: MetricsConfig, texts: list[dict] | None = None,
-               ) -> list[dict]:
-    """The references themselves, one row per kind of reference, over the prompts the jobs
-    with those references are compared on; their texts' rows go into ``texts``."""
-    texts = [] if texts is None else texts
-    groups: dict[tuple, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(tuple(reference_keys(job.config).values()), []).append(job)
-    rows = []
-    for group in groups.values():
+def human_rows(jobs: list[Job], cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
+    """The references themselves, one row per reference group, over the prompts the group's
+    jobs are compared on; and one row per reference text."""
+    rows, texts = [], []
+    for references_id, group in reference_groups(jobs).items():
         by_prompt = {r["prompt_id"]: r for job in group for r in job.records}
         records = [by_prompt[i] for i in sorted(by_prompt)]
         references = [r["reference"] for r in records]
-        base = {"method": "human", **reference_keys(group[0].config)}
+        base = {"method": "human", **reference_keys(group[0].config),
+                "config": f"human:{references_id}", "references": references_id}
         row, stats = dict(base), {}
         row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
                                 group[0].config["model"]["source"], "human references", stats))
         row["mean_tokens"] = float(row["max_new_tokens"])  # references have exactly this many
         texts += per_text_rows(base, records, None, stats)
         rows.append(row)
-    return rows
+    return rows, texts
 
 
-def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: metrics as means over seeds; ``mauve_std`` is the std of every
-    MAUVE value of the configuration (each generation seed x each k-means seed)."""
-    keys = [k for k in KEYS if k in per_seed]
-    frame = per_seed.copy()
-    frame[keys] = frame[keys].astype(object).where(frame[keys].notna(), "")
-    groups = frame.groupby(keys, sort=False, dropna=False)
-    metrics = [m for m in METRICS if m in frame]
+def flat(tree: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def settings(jobs: list[Job]) -> pd.DataFrame:
+    """Per configuration (index: config id, and ``human:<references>``), the settings other
+    than the selector's in which the jobs differ: the columns that tell apart two rows of one
+    method and parameters (prompt length, data file, dtype, ...). A human row shows the values
+    all jobs of its group share."""
+    flats = {job.config_id: flat(json.loads(identity.configuration(job.config))) for job in jobs}
+    keys = sorted({k for f in flats.values() for k in f if not k.startswith("selector.")})
+    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flats.values()}) > 1]
+    frame = pd.DataFrame(flats).T.reindex(columns=varying)
+    humans = {}
+    for references_id, group in reference_groups(jobs).items():
+        shared = frame.loc[[job.config_id for job in group]]
+        humans[f"human:{references_id}"] = {
+            c: shared[c].iloc[0] for c in varying if shared[c].astype(str).nunique() == 1}
+    humans = pd.DataFrame.from_dict(humans, orient="index").reindex(index=list(humans),
+                                                                     columns=varying)
+    return pd.concat([frame, humans]).rename(columns=READABLE)
+
+
+def parameters(jobs: list[Job]) -> list[str]:
+    """Every parameter any job's selector config holds, in the order the configs list them."""
+    return list(dict.fromkeys(k for job in jobs for k in job.config["selector"] if k != "method"))
+
+
+def pooled(per_text: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, each metric of ``PARTS`` over all its texts (every seed): the
+    statistic of the summed parts, which is what the intervals and Δs are about. Left out
+    (NaN) where a text lacks a part."""
+    frame = with_parts(per_text)
+    out = {}
+    for metric, (columns, stat) in PARTS.items():
+        if set(columns) <= set(frame):
+            groups = frame.groupby("config", sort=False)[columns]
+            totals = groups.sum()
+            values = stat(totals.to_numpy(float))
+            out[metric] = pd.Series(values, totals.index).where(groups.count().min(1)
+                                                                 == groups.size())
+    return pd.DataFrame(out)
+
+
+def summarize(per_seed: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job]) -> pd.DataFrame:
+    """One row per configuration. A cell is its statistic over all the configuration's texts
+    (all seeds pooled: Σ parts over texts, then the statistic), the statistic its interval and
+    Δ are about; MAUVE and distinct-n, which are not functions of per-text sums, are means over
+    seeds, and ``mauve_std`` is the std of every MAUVE value (each generation seed x each
+    k-means seed). ``mauve_n`` is the fewest texts any one MAUVE value was computed on."""
+    groups = per_seed.groupby("config", sort=False)
+    metrics = [m for m in METRICS if m in per_seed]
     summary = groups[metrics].mean()
+    cells = pooled(per_text) if "config" in per_text else pd.DataFrame()
+    for metric in cells:
+        if metric in summary:
+            summary[metric] = cells[metric].reindex(summary.index).fillna(summary[metric])
     summary["n"] = groups["n"].sum()
-    summary["seeds"] = groups["seed"].nunique() if "seed" in frame else 1
-    if "mauve_values" in frame:
+    summary["seeds"] = groups["seed"].nunique() if "seed" in per_seed else 1
+    if "mauve_values" in per_seed:
         summary["mauve_std"] = groups["mauve_values"].apply(
             lambda lists: float(np.std([v for vs in lists.dropna() for v in vs]))
             if lists.notna().any() else math.nan)
-    summary = summary.reset_index().replace("", math.nan)
-    order = ["method", *[p for p in PARAMETERS if p in summary], "n", "seeds", "mauve",
-             "mauve_std", *[m for m in METRICS if m != "mauve"], "model", "dataset",
-             "max_new_tokens"]
-    summary = summary[[c for c in order if c in summary]]
-    summary = summary.dropna(axis=1, how="all")
+        summary["mauve_n"] = per_seed[per_seed["mauve"].notna()].groupby("config")["n"].min()
+    described = groups[[c for c in per_seed if c not in (*METRICS, "n", "seed",
+                                                          "mauve_values")]].first()
+    shown = settings(jobs) if jobs else pd.DataFrame(index=summary.index)
+    params = [p for p in parameters(jobs) if p in described]
+    summary = pd.concat([described.drop(columns=[c for c in shown if c in described]),
+                         shown.reindex(summary.index), summary], axis=1)
+    summary["config"] = summary.index
+    order = ["method", *params, *shown, "n", "seeds", "mauve", "mauve_std", "mauve_n",
+             *[m for m in METRICS if m != "mauve"], "model", "dataset", "max_new_tokens",
+             "config", "references", "job"]
+    summary = summary[list(dict.fromkeys(c for c in order if c in summary))]
+    summary = summary.dropna(axis=1, how="all").reset_index(drop=True)
     is_human = summary["method"] == "human"
-    order = [k for k in KEYS if k in summary]
-    return pd.concat([summary[~is_human].sort_values(order, na_position="first"),
-                      summary[is_human].sort_values(order)], ignore_index=True)
-
-
-SHOWN = [  # (column, scale, header) of the rendered table; every number is in summary.csv
-    ("mauve", 100, "MAUVE"), ("diversity", 100, "diversity"), ("rep_2", 1, "rep-2"),
-    ("coherence", 1, "coherence"), ("perplexity", 1, "perplexity"),
-    ("topk_identical_rate", 100, "top-k identical %")]
-DELTAS = ["mauve", "diversity", "coherence", "perplexity"]
-
-
-def _number(value: float, scale: float) -> str:
-    return "" if pd.isna(value) else f"{value * scale:.2f}"
-
-
-def formatted(row: pd.Series, column: str, scale: float) -> str:
-    """``value [lo, hi]``; MAUVE ``value ± std``; Δ columns ``Δ [lo, hi]`` and ``*`` where the
-    Holm-adjusted p < 0.05."""
-    value = row.get(column)
-    if pd.isna(value):
-        return ""
-    text = _number(value, scale)
-    if column == "mauve" and pd.notna(row.get("mauve_std")):
-        return f"{text} ± {_number(row['mauve_std'], scale)}"
-    low, high = row.get(f"{column}_lo"), row.get(f"{column}_hi")
-    if pd.notna(low) and pd.notna(high):
-        text += f" [{_number(low, scale)}, {_number(high, scale)}]"
-    metric = column.removeprefix("delta_")
-    if column.startswith("delta_") and row.get(f"p_{metric}_holm", 1.0) < 0.05:
-        text += " *"
-    return text
-
-
-def rendered(summary: pd.DataFrame) -> pd.DataFrame:
-    """The table as strings: parameters, n, each metric with its interval, the Δs."""
-    shown = [c for c in ["method", *PARAMETERS, "n"] if c in summary
-             and not (c == "temperature" and set(summary[c].dropna()) <= {1.0})]
-    frame = pd.DataFrame({c: summary[c] for c in shown})
-    frame = frame.astype(object).where(frame.notna(), "")
-    for column in ("n", *PARAMETERS):
-        if column in frame:
-            frame[column] = [f"{v:g}" if v != "" else "" for v in frame[column]]
-    for column, scale, header in SHOWN:
-        if column in summary:
-            frame[header] = [formatted(row, column, scale) for _, row in summary.iterrows()]
-        if column in DELTAS and f"delta_{column}" in summary:
-            frame[f"Δ {header}"] = [formatted(row, f"delta_{column}", scale)
-                                    for _, row in summary.iterrows()]
-    return frame
-
-
-def render_markdown(summary: pd.DataFrame, min_samples: int, notes: list[str] = ()) -> str:
-    """The papers' formatting (MAUVE and diversity x 100, two decimals), with intervals."""
-    table = rendered(summary).to_markdown(index=False, disable_numparse=True)
-    notes = ["MAUVE, diversity and top-k identical are x 100; rep-2 in percent; summary.csv "
-             "has every other metric (distinct-n, coherence_ll, mean tokens, EOS rate, "
-             "diagnostics) with its interval and Δ; distinct-n has no interval (a corpus "
-             "statistic).", *notes]
-    if (summary["n"] < min_samples).any():
-        notes.append(f"Warning: rows with n < {min_samples} samples: MAUVE is biased upward and "
-                     "noisy there; compare such values only with each other, at equal n.")
-    return table + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
-
-
-def write_tables(per_seed: pd.DataFrame, summary: pd.DataFrame, per_text: pd.DataFrame,
-                 out: Path, min_samples: int, notes: list[str] = ()) -> str:
-    per_seed.drop(columns=["mauve_values"], errors="ignore").to_csv(out / "per_seed.csv",
-                                                                    index=False)
-    per_text.to_csv(out / "per_text.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    markdown = render_markdown(summary, min_samples, notes)
-    (out / "summary.md").write_text(markdown)
-    rendered(summary).to_latex(out / "summary.tex", index=False, na_rep="")
-    return markdown
+    keys = [k for k in ["method", *params, *shown] if k in summary]
+    return pd.concat([summary[~is_human].sort_values(keys, na_position="first"),
+                      summary[is_human].sort_values(keys, na_position="first")],
+                     ignore_index=True)

@@ -1,30 +1,42 @@
-"""Intervals for every row of the summary and paired comparisons with a baseline row.
+"""Intervals for every cell of the summary and paired comparisons with a baseline row.
 
 For each metric computed from per-text sufficient statistics (``per_text.csv``) the summary
-gets ``<metric>_lo``/``_hi`` (a 95% percentile bootstrap over prompts) and, for every
-configuration but the baseline, ``delta_<metric>`` with its paired-bootstrap interval and a
-paired sign-flip p-value ``p_<metric>``, Holm-adjusted over the whole table in
-``p_<metric>_holm``. MAUVE keeps its mean ± std over k-means and generation seeds (bootstrap
-replicates of MAUVE are biased, and their percentile intervals under-cover), and its Δ is
-tested by swapping the two configurations' k-means labels on one shared codebook. Corpus
-``distinct_n`` gets no interval: duplicated texts in a bootstrap resample bias it down.
+gets ``<metric>_lo``/``_hi`` (a percentile bootstrap over prompts, at ``bootstrap.level``) and,
+for every configuration but the baseline, ``delta_<metric>`` with its paired-bootstrap interval
+and a paired sign-flip p-value ``p_<metric>``, Holm-adjusted over the whole table in
+``p_<metric>_holm``.
+
+A row's cell and interval use all its texts (every seed). A Δ, its interval and its p compare
+two rows on the (prompt, seed) pairs **both** have (``compare_rows``): a 1-seed row against a
+3-seed baseline is compared with the baseline's texts of that one seed, so the sign-flip swaps
+equal-sized blocks and holds its level. Where both rows have the same pairs, Δ is exactly the
+difference of their cells; where not, ``delta_subset`` is 1 (a ``†`` in the table).
+
+MAUVE keeps its mean ± std over k-means and generation seeds (bootstrap replicates of MAUVE
+are biased, and their percentile intervals under-cover), and its Δ is tested by swapping the two
+configurations' k-means labels on one shared codebook. Corpus ``distinct_n`` gets no interval:
+duplicated texts in a bootstrap resample bias it down.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from analysis.features import disk_cached, featurize
-from analysis.load import REFERENCE_KEYS, Job
+from analysis.load import Job
 from analysis.mauve import MauveConfig, mauve_swap_test
 from analysis.stats import (
     BootstrapConfig,
+    Comparison,
     bootstrap,
     compare,
     holm,
@@ -64,10 +76,18 @@ MAIN = ["mauve", "diversity", "rep_2", "coherence", "coherence_ll", "perplexity"
 
 @dataclass
 class BaselineConfig:
-    """``baseline`` in ``conf/analysis.yaml``: the row every other row is compared with."""
+    """``baseline`` in ``conf/analysis.yaml``: the row every other row is compared with, e.g.
+    ``baseline.method=top_p baseline.params.top_p=0.95``."""
 
     method: str = "top_k"
-    params: str = ""  # e.g. "top_k=20" or "alpha=0.5,top_k=10"; empty: top_k=10 if present
+    params: dict[str, Any] = field(default_factory=dict)  # {} for top_k: top_k=10
+
+
+DEFAULT_PARAMS = {"top_k": {"top_k": 10}}  # the baseline's parameters when none are given
+
+
+class BaselineNotFound(ValueError):
+    """The baseline the command names is no row of the table."""
 
 
 def with_parts(per_text: pd.DataFrame) -> pd.DataFrame:
@@ -82,29 +102,187 @@ def with_parts(per_text: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def prompt_sums(texts: pd.DataFrame, prompts: np.ndarray,
-                metrics: list[str]) -> dict[str, np.ndarray]:
-    """Per metric, ``[prompts, parts]``: each prompt's sums over its texts (all its seeds), from
-    one groupby; metrics whose parts the texts lack (humans: diagnostics) are left out."""
-    columns = sorted({c for m in metrics for c in PARTS[m][0]})
-    complete = texts[columns].notna().all()
-    table = texts.groupby("prompt_id")[columns].sum().reindex(prompts)
-    return {m: table[PARTS[m][0]].to_numpy(float) for m in metrics
-            if complete[PARTS[m][0]].all()}
+# ---- pairwise comparisons on common (prompt, seed) pairs ------------------------------------
+
+def metrics_of(texts: pd.DataFrame) -> list[str]:
+    """The metrics of ``PARTS`` every one of ``texts`` has all parts of."""
+    return [m for m, (columns, _) in PARTS.items()
+            if set(columns) <= set(texts) and texts[columns].notna().all().all()]
 
 
-def select_baseline(rows: pd.DataFrame, cfg: BaselineConfig) -> int | None:
-    """Index of the baseline among ``rows`` (one reference group, humans excluded)."""
+def part_columns(texts: pd.DataFrame) -> list[str]:
+    return sorted({c for columns, _ in PARTS.values() for c in columns if c in texts})
+
+
+def common_sums(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Per prompt, the sums of ``a``'s and of ``b``'s per-text parts over the (prompt, seed)
+    pairs both have (rows: the prompts with at least one such pair, in order), and the number
+    of those pairs. ``a`` and ``b`` are per-text rows (``prompt_id``, ``seed``, parts)."""
+    a, b = (t.set_index(["prompt_id", "seed"]) for t in (a, b))
+    common = a.index.intersection(b.index)
+
+    def sums(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.loc[common, part_columns(frame)].groupby(level="prompt_id").sum()
+
+    return sums(a), sums(b), len(common)
+
+
+@dataclass
+class Resamples:
+    """The bootstrap counts ``[samples, prompts]`` and sign flips ``[samples_test, prompts]``
+    every comparison over ``prompts`` prompts shares (so comparisons are paired with each
+    other too)."""
+
+    counts: np.ndarray
+    flips: np.ndarray
+
+    @classmethod
+    def of(cls, prompts: int, cfg: BootstrapConfig, samples_test: int) -> Resamples:
+        return cls(resample_counts(prompts, cfg.samples, cfg.seed),
+                   sign_flips(prompts, samples_test, cfg.seed))
+
+
+def compare_sums(a: pd.DataFrame, b: pd.DataFrame, metric: str, resamples: Resamples,
+                 level: float) -> Comparison:
+    columns, stat = PARTS[metric]
+    return compare(a[columns].to_numpy(float), b[columns].to_numpy(float), stat,
+                   resamples.counts, resamples.flips, level)
+
+
+def compare_rows(a: pd.DataFrame, b: pd.DataFrame, metric: str, cfg: BootstrapConfig,
+                 samples_test: int | None = None) -> Comparison:
+    """Δ ``metric`` = row ``a`` - row ``b`` on the (prompt, seed) pairs both have: the paired
+    bootstrap interval at ``cfg.level`` and SE of Δ over prompts (``cfg.samples`` resamples),
+    and the paired sign-flip p over ``samples_test`` (default ``cfg.samples``) random halves of
+    the prompts. ``a`` and ``b`` are per-text rows of two configurations (``prompt_id``,
+    ``seed`` and the parts ``PARTS[metric]`` needs, as ``with_parts(per_text)`` gives them).
+    Identical texts give Δ = 0 and p = 1 exactly. ``Comparison.pairs`` and ``.prompts`` say
+    how many pairs and prompts Δ is over; no common pair raises ValueError."""
+    sums_a, sums_b, pairs = common_sums(a, b)
+    if not pairs:
+        raise ValueError("the two rows have no (prompt, seed) pair in common: nothing to pair")
+    resamples = Resamples.of(len(sums_a), cfg, samples_test or cfg.samples)
+    return dataclasses.replace(compare_sums(sums_a, sums_b, metric, resamples, cfg.level),
+                               pairs=pairs, prompts=len(sums_a))
+
+
+# ---- the baseline --------------------------------------------------------------------------
+
+def baseline_params(cfg: BaselineConfig) -> dict[str, Any]:
+    return dict(cfg.params) or DEFAULT_PARAMS.get(cfg.method, {})
+
+
+def _value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, numbers.Real) else str(value)
+
+
+def describe(row: pd.Series, parameters: list[str]) -> str:
+    """``method p=v, ...`` of a summary row."""
+    values = [f"{p}={_value(row[p])}" for p in parameters if p in row and pd.notna(row[p])]
+    return " ".join([row["method"], ", ".join(values)]).strip()
+
+
+def matching(rows: pd.DataFrame, cfg: BaselineConfig) -> pd.DataFrame:
+    """The rows of ``rows`` that ``cfg`` names."""
     candidates = rows[rows["method"] == cfg.method]
-    for pair in filter(None, cfg.params.split(",")):
-        key, _, value = pair.partition("=")
-        if key not in candidates:
-            raise ValueError(f"baseline.params={cfg.params!r}: {cfg.method} rows have no "
-                             f"parameter {key!r}.")
-        candidates = candidates[np.isclose(candidates[key].astype(float), float(value))]
-    if not cfg.params and "top_k" in candidates and (candidates["top_k"] == 10).any():
-        candidates = candidates[candidates["top_k"] == 10]
-    return None if candidates.empty else int(candidates.index[0])
+    for key, value in baseline_params(cfg).items():
+        if key not in candidates or candidates[key].isna().all():
+            return candidates.iloc[:0]
+        column = candidates[key]
+        if isinstance(value, numbers.Real) and pd.api.types.is_numeric_dtype(column):
+            candidates = candidates[np.isclose(column.astype(float), float(value))]
+        else:
+            candidates = candidates[column.astype(str) == str(value)]
+    return candidates
+
+
+def baseline_command(row: pd.Series, parameters: list[str]) -> str:
+    return " ".join([f"baseline.method={row['method']}",
+                     *[f"baseline.params.{p}={_value(row[p])}"
+                       for p in parameters if p in row and pd.notna(row[p])]])
+
+
+def check_baseline(runs: pd.DataFrame, cfg: BaselineConfig,
+                   parameters: list[str]) -> str | None:
+    """Given the configurations of the table (one row each: method and parameters), raise
+    ``BaselineNotFound`` (listing the rows that could be) where the baseline the command names
+    is none of them; the note to print where the default one is absent; None where it is
+    there."""
+    if not matching(runs, cfg).empty:
+        return None
+    named = " ".join([f"baseline.method={cfg.method}",
+                      *[f"baseline.params.{k}={v}" for k, v in baseline_params(cfg).items()]])
+    options = "; ".join(dict.fromkeys(baseline_command(row, parameters)
+                                      for _, row in runs.iterrows()))
+    if cfg != BaselineConfig():
+        raise BaselineNotFound(f"{named}: no row of the table is that configuration; the rows "
+                               f"that can be the baseline: {options}.")
+    return (f"No Δ columns: the default baseline ({named}) is not in this sweep; choose one of "
+            f"the rows with {options}.")
+
+
+# ---- the table -----------------------------------------------------------------------------
+
+def test_count(summary: pd.DataFrame, metrics: list[str]) -> int:
+    """How many p-values a table of ``summary`` has at most (for B >= 20 x tests)."""
+    compared = sum(len(g) - 2 for _, g in summary.groupby("references")) or 1
+    return compared * (len(metrics) + ("mauve" in summary))
+
+
+def cell_intervals(summary: pd.DataFrame, texts: dict[str, pd.DataFrame],
+                   cfg: BootstrapConfig) -> pd.DataFrame:
+    """``<metric>_lo``/``_hi`` of every row over all its texts (a prompt's seeds resampled
+    together); one set of prompt resamples per reference group."""
+    out = pd.DataFrame(index=summary.index)
+    for _, rows in summary.groupby("references", sort=False):
+        sums = {i: t.groupby("prompt_id")[part_columns(t)].sum()
+                for i, t in ((i, texts.get(summary.loc[i, "config"])) for i in rows.index)
+                if t is not None}
+        if not sums:
+            continue
+        prompts = next(iter(sums.values())).index
+        counts = resample_counts(len(prompts), cfg.samples, cfg.seed)
+        for i, by_prompt in sums.items():
+            for m in metrics_of(texts[summary.loc[i, "config"]]):
+                columns, stat = PARTS[m]
+                parts = by_prompt.reindex(prompts)[columns].to_numpy(float)
+                _, out.loc[i, f"{m}_lo"], out.loc[i, f"{m}_hi"] = bootstrap(parts, stat, counts,
+                                                                          cfg.level)
+    return out
+
+
+def pairwise_tests(summary: pd.DataFrame, texts: dict[str, pd.DataFrame], base: int,
+                   rows: pd.Index, cfg: BootstrapConfig, samples_test: int) -> pd.DataFrame:
+    """Every row of ``rows`` against row ``base`` on their common (prompt, seed) pairs:
+    ``delta_<m>``, ``delta_<m>_lo``/``_hi``, ``p_<m>`` and ``se_<m>``, and ``delta_subset``
+    (1 where the pairs are fewer than either row's texts)."""
+    out = pd.DataFrame(index=rows)
+    base_texts = texts[summary.loc[base, "config"]]
+    resamples: dict[int, Resamples] = {}  # by number of prompts
+    for i in rows:
+        mine = texts.get(summary.loc[i, "config"])
+        if i == base or mine is None:
+            continue
+        sums_a, sums_b, pairs = common_sums(mine, base_texts)
+        if not pairs:
+            continue
+        shared = resamples.setdefault(len(sums_a), Resamples.of(len(sums_a), cfg, samples_test))
+        for m in [m for m in metrics_of(mine) if m in metrics_of(base_texts)]:
+            result = compare_sums(sums_a, sums_b, m, shared, cfg.level)
+            out.loc[i, [f"delta_{m}", f"delta_{m}_lo", f"delta_{m}_hi", f"p_{m}", f"se_{m}"]] = (
+                result.delta, result.low, result.high, result.p, result.se)
+        out.loc[i, "delta_subset"] = float(pairs < min(len(mine), len(base_texts)))
+    return out
+
+
+def holm_over_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """``p_<m>_holm``: every ``p_<m>`` of the table adjusted together (Holm, family-wise)."""
+    columns = [c for c in summary if c.startswith("p_") and not c.endswith("_holm")]
+    if not columns:
+        return summary
+    values = summary[columns].to_numpy(float)
+    adjusted = holm(values.ravel()).reshape(values.shape)
+    return summary.assign(**{f"{c}_holm": adjusted[:, j] for j, c in enumerate(columns)})
 
 
 def texts_of(job: Job, seeds: list[int], prompts: np.ndarray) -> list[dict]:
@@ -118,7 +296,8 @@ def mauve_delta(method: Job, base: Job, prompts: np.ndarray, cfg: MauveConfig,
     """The swap test on the seeds both configurations have."""
     seeds = sorted({r["seed"] for r in method.records} & {r["seed"] for r in base.records})
     a, b = texts_of(method, seeds, prompts), texts_of(base, seeds, prompts)
-    if [(r["seed"], r["prompt_id"]) for r in a] != [(r["seed"], r["prompt_id"]) for r in b]:
+    if not seeds or [(r["seed"], r["prompt_id"]) for r in a] != [
+            (r["seed"], r["prompt_id"]) for r in b]:
         return math.nan, math.nan
     generator = method.config["model"]["source"]
     human = [r["reference"] for r in texts_of(base, seeds[:1], prompts)]
@@ -141,90 +320,93 @@ def mauve_delta(method: Job, base: Job, prompts: np.ndarray, cfg: MauveConfig,
     return float(delta), float(p)
 
 
+def mauve_tests(summary: pd.DataFrame, jobs: dict[str, Job], base: int, rows: pd.Index,
+                prompts: np.ndarray, cfg: MauveConfig, flips: np.ndarray) -> pd.DataFrame:
+    """``delta_mauve`` and ``p_mauve`` of every row of ``rows`` with a MAUVE, against ``base``."""
+    out = pd.DataFrame(index=rows)
+    base_job = jobs.get(summary.loc[base, "config"])
+    for i in rows:
+        job = jobs.get(summary.loc[i, "config"])
+        if i == base or job is None or base_job is None or pd.isna(summary.loc[i, "mauve"]):
+            continue
+        try:
+            out.loc[i, ["delta_mauve", "p_mauve"]] = mauve_delta(job, base_job, prompts, cfg,
+                                                                 flips)
+        except (ValueError, RuntimeError) as error:
+            log.warning("Δ MAUVE of %s left blank: %s", job.name, error)
+    return out
+
+
 def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
                     mauve_cfg: MauveConfig, cfg: BootstrapConfig, baseline: BaselineConfig,
-                    keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """``summary`` with intervals, Δs and p-values; and the notes for under the table."""
-    summary = summary.copy()
+                    parameters: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """``summary`` with intervals, Δs and p-values (``parameters``: its selector parameter
+    columns); and the notes for under the table. Reference groups without the baseline get
+    no Δ (``check_baseline`` says so before the work)."""
     frame = with_parts(per_text)
-    metrics = [m for m, (cols, _) in PARTS.items() if m in summary and set(cols) <= set(frame)]
-    by_job = {job.name: job for job in jobs}
-
-    def key(row: pd.Series) -> tuple:
-        return tuple("" if pd.isna(row.get(k)) else row.get(k) for k in keys)
-
-    text_groups = {k: g for k, g in frame.groupby(frame.apply(key, axis=1), sort=False)}
-    tests: list[tuple[int, str]] = []  # (summary index, metric) of every p-value, for Holm
-    ses: dict[str, list[float]] = {m: [] for m in metrics}
-    compared = sum(len(g) - 2 for _, g in summary.groupby(list(REFERENCE_KEYS))) or 1
-    samples_test = max(cfg.samples, 20 * compared * (len(metrics) + ("mauve" in summary)))
-    baselines, prompt_counts = [], []
-    for _, rows in summary.groupby(list(REFERENCE_KEYS), sort=False):
-        texts = {i: text_groups.get(key(row)) for i, row in rows.iterrows()}
-        prompts = np.array(sorted(set.intersection(*[set(t["prompt_id"]) for t in
-                                                    texts.values() if t is not None])))
-        if prompts.size == 0:
-            continue
-        prompt_counts.append(len(prompts))
-        counts = resample_counts(len(prompts), cfg.samples, cfg.seed)
-        flips = sign_flips(len(prompts), samples_test, cfg.seed)
-        sums = {i: prompt_sums(t, prompts, metrics) for i, t in texts.items() if t is not None}
-        for i, by_metric in sums.items():
-            for m in by_metric:
-                _, low, high = bootstrap(by_metric[m], PARTS[m][1], counts, cfg.level)
-                summary.loc[i, [f"{m}_lo", f"{m}_hi"]] = low, high
+    texts = dict(iter(frame.groupby("config", sort=False))) if "config" in frame else {}
+    metrics = [m for m in PARTS if m in summary and set(PARTS[m][0]) <= set(frame)]
+    samples_test = max(cfg.samples, 20 * test_count(summary, metrics))
+    parts = [cell_intervals(summary, texts, cfg)]
+    by_config = {job.config_id: job for job in jobs}
+    baselines: list[str] = []
+    prompt_counts: list[int] = []
+    for _, rows in summary.groupby("references", sort=False):
         runs = rows[rows["method"] != "human"]
-        base = select_baseline(runs, baseline)
-        if base is None or base not in sums:
+        found = matching(runs, baseline)
+        if found.empty:
             continue
-        baselines.append(summary.loc[base, "method"] + " " + ", ".join(
-            f"{p}={summary.loc[base, p]:g}" for p in keys[1:-3]
-            if p in summary and pd.notna(summary.loc[base, p])))
-        for i in runs.index:
-            if i == base or i not in sums:
-                continue
-            for m in [m for m in metrics if m in sums[i] and m in sums[base]]:
-                result = compare(sums[i][m], sums[base][m], PARTS[m][1], counts, flips,
-                                 cfg.level)
-                summary.loc[i, [f"delta_{m}", f"delta_{m}_lo", f"delta_{m}_hi", f"p_{m}"]] = (
-                    result.delta, result.low, result.high, result.p)
-                ses[m].append(result.se)
-                tests.append((i, f"p_{m}"))
-            if "mauve" in summary and pd.notna(summary.loc[i, "mauve"]):
-                job, base_job = (by_job.get(texts[j]["job"].iloc[0]) for j in (i, base))
-                if job is not None and base_job is not None:
-                    try:
-                        delta, p = mauve_delta(job, base_job, prompts, mauve_cfg, flips)
-                    except (ValueError, RuntimeError) as error:
-                        log.warning("Δ MAUVE of %s left blank: %s", job.name, error)
-                        continue
-                    summary.loc[i, ["delta_mauve", "p_mauve"]] = delta, p
-                    tests.append((i, "p_mauve"))
-    added = [c for c in summary if c.endswith(("_lo", "_hi", "_holm")) or c.startswith(
-        ("delta_", "p_"))]
-    summary[added] = summary[added].astype(float)
-    if tests:
-        adjusted = holm(np.array([summary.loc[i, c] for i, c in tests], dtype=float))
-        for (i, column), value in zip(tests, adjusted, strict=True):
-            summary.loc[i, f"{column}_holm"] = value
-    notes = []
+        base = int(found.index[0])
+        if summary.loc[base, "config"] not in texts:
+            continue
+        baselines.append(describe(summary.loc[base], parameters))
+        parts.append(pairwise_tests(summary, texts, base, runs.index, cfg, samples_test))
+        if "mauve" in summary:
+            prompts = np.array(sorted(texts[summary.loc[base, "config"]]["prompt_id"].unique()))
+            prompt_counts.append(len(prompts))
+            flips = sign_flips(len(prompts), samples_test, cfg.seed)
+            parts.append(mauve_tests(summary, by_config, base, runs.index, prompts, mauve_cfg,
+                                     flips))
+        else:
+            prompt_counts.append(texts[summary.loc[base, "config"]]["prompt_id"].nunique())
+    added = pd.DataFrame(index=summary.index)
+    for part in parts:  # each covers some rows (one reference group) and some columns
+        added = added.combine_first(part.astype(float))
+    summary = holm_over_table(pd.concat([summary, added.reindex(summary.index)], axis=1))
+    return summary, uncertainty_notes(summary, cfg, baselines, prompt_counts, samples_test)
+
+
+def uncertainty_notes(summary: pd.DataFrame, cfg: BootstrapConfig, baselines: list[str],
+                      prompt_counts: list[int], samples_test: int) -> list[str]:
+    """What the intervals, Δs, p-values and marks of the table are, in words."""
+    level = f"{100 * cfg.level:g}%"
+    n = ", ".join(map(str, sorted(set(prompt_counts)))) or "all"
+    tests = int(summary[[c for c in summary if c.endswith("_holm")]].notna().sum().sum())
+    notes = [f"A cell is its statistic over all the row's texts (every seed pooled: the sums of "
+             f"per-text counts, then the ratio), which is what its interval and Δ are about. "
+             f"Intervals: {level} percentile bootstrap over the {n} prompts ({cfg.samples} "
+             f"resamples, seed {cfg.seed}; a prompt's seeds resampled together)."]
     if baselines:
-        n = ", ".join(map(str, sorted(set(prompt_counts))))
         notes.append(
-            f"Intervals: 95% percentile bootstrap over the {n} prompts ({cfg.samples} resamples, "
-            f"seed {cfg.seed}; a prompt's seeds resampled together). Δ: against "
-            f"{'; '.join(baselines)}, paired (same resampled prompts); p: paired sign-flip test "
-            f"with {samples_test} resamples; * marks Holm-adjusted p < 0.05 over all "
-            f"{len(tests)} tests of this table. MAUVE: mean ± std over k-means and generation "
-            "seeds; its Δ is measured on one k-means codebook shared by human, baseline and "
-            "row (so it is not the difference of two MAUVE cells) and tested by swapping the "
-            "two rows' labels.")
-        mde = {m: np.nanmedian([minimum_detectable_effect(se) for se in values])
-               for m, values in ses.items() if values and m in MAIN}
+            f"Δ: against {'; '.join(baselines)}, on the (prompt, seed) pairs both rows have, "
+            f"paired (same resampled prompts), {level} interval; p: paired sign-flip test "
+            f"with {samples_test} resamples; * marks Holm-adjusted p < 0.05 over all {tests} "
+            "tests of this table. MAUVE: mean ± std over k-means and generation seeds; its Δ "
+            "is measured on one k-means codebook shared by human, baseline and row (so it is "
+            "not the difference of two MAUVE cells) and tested by swapping the two rows' "
+            "labels.")
+        if "delta_subset" in summary and (summary["delta_subset"] == 1).any():
+            notes.append("† Δ is on fewer texts than the cells: the row and the baseline have "
+                         "different seeds (greedy runs seed 0 only), so Δ compares them on the "
+                         "(prompt, seed) pairs both have and is not the difference of the two "
+                         "cells, which keep all their own seeds.")
+        ses = {m: summary[f"se_{m}"].dropna() for m in MAIN if f"se_{m}" in summary}
+        mde = {m: np.median([minimum_detectable_effect(se) for se in values])
+               for m, values in ses.items() if len(values)}
         if mde:
             scale = {"diversity": 100}
             notes.append("Minimum detectable Δ at this n (80% power, two-sided 5%, 2.8 x the "
                          "median bootstrap SE of Δ): " + ", ".join(
                              f"{m} {v * scale.get(m, 1):.3g}" for m, v in mde.items())
                          + "; the SE shrinks as 1/√n.")
-    return summary, notes
+    return notes
