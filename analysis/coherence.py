@@ -24,6 +24,7 @@ class CoherenceConfig:
     scorer: str = "bundled:smollm2"  # any model.source: bundled:smollm2, tiny, a folder, a name
     max_tokens: int = 256
     batch_size: int = 16
+    dtype: str = "float32"  # the scorer's dtype (auto: bfloat16 on CUDA), part of the cache key
 
 
 def embedding_coherence(prompts: list[str], continuations: list[str], cfg: CoherenceConfig,
@@ -44,7 +45,7 @@ def token_log_likelihoods(prompts: list[str], continuations: list[str],
 
         from harness.models import ModelConfig, load_model
 
-        loaded = load_model(ModelConfig(name=cfg.scorer, source=cfg.scorer))
+        loaded = load_model(ModelConfig(name=cfg.scorer, source=cfg.scorer, dtype=cfg.dtype))
         tok, model = loaded.tokenizer, loaded.model
         out = []
         for start in range(0, len(prompts), cfg.batch_size):
@@ -69,7 +70,18 @@ def token_log_likelihoods(prompts: list[str], continuations: list[str],
                     for r in range(len(heads))]
         return np.array(out, dtype=np.float64).reshape(-1, 2)
 
-    return disk_cached("loglik", [cfg.scorer, cfg.max_tokens, prompts, continuations], compute)
+    return disk_cached("loglik", [cfg.scorer, cfg.max_tokens, scorer_dtype(cfg.dtype), prompts,
+                                  continuations], compute)
+
+
+def scorer_dtype(dtype: str) -> str:
+    """The dtype the scorer computes in: ``auto`` resolved as ``harness.models`` resolves it
+    (which needs torch; the explicit default does not)."""
+    if dtype != "auto":
+        return dtype
+    from harness.models import resolve_device, resolve_dtype
+
+    return str(resolve_dtype(dtype, resolve_device("auto"))).removeprefix("torch.")
 
 
 def likelihood_metrics(log_likelihoods: np.ndarray) -> dict[str, float]:

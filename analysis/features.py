@@ -26,6 +26,11 @@ from harness import cache_dir
 
 log = logging.getLogger(__name__)
 
+# In the cache key: bumped when features of the same texts and settings change (2: position_ids
+# for left-padded batches, so lm: and generator features no longer depend on batch-mates).
+VERSION = 2
+LM_DTYPE = "float32"  # lm: and generator featurizers load in this dtype on every device
+
 # How many texts were embedded (not read from the cache) in this process: for tests, benches.
 stats = {"embedded": 0}
 
@@ -62,18 +67,32 @@ def _embed_minilm(texts: list[str], max_tokens: int, batch_size: int) -> np.ndar
 
 
 def _embed_lm(texts: list[str], source: str, max_tokens: int, batch_size: int) -> np.ndarray:
-    import torch
-
     from harness.models import ModelConfig, load_model
 
-    loaded = load_model(ModelConfig(name=source, source=source))
-    tokenizer, model = loaded.tokenizer, loaded.model
+    loaded = load_model(ModelConfig(name=source, source=source, dtype=LM_DTYPE))
+    return last_token_states(loaded.model, loaded.tokenizer, texts, max_tokens, batch_size)
+
+
+def last_token_states(model, tokenizer, texts: list[str], max_tokens: int,
+                      batch_size: int) -> np.ndarray:
+    """Last-layer hidden state at each text's final token, in left-padded batches. Positions
+    count from each text's first real token (``position_ids``), so a text's features do not
+    depend on its batch-mates: models with absolute positions (GPT-2) would otherwise number a
+    padded text from the pad count."""
+    import torch
+
+    tokenizer.padding_side = "left"
     out = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
                           truncation=True, max_length=max_tokens, add_special_tokens=False)
+        mask = batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            hidden = model(**batch.to(model.device), output_hidden_states=True).hidden_states[-1]
+            hidden = model(input_ids=batch["input_ids"].to(model.device),
+                           attention_mask=mask.to(model.device),
+                           position_ids=positions.to(model.device),
+                           output_hidden_states=True).hidden_states[-1]
         out.append(hidden[:, -1].float().cpu().numpy())  # left padding: the last token is real
     return np.concatenate(out)
 
@@ -113,4 +132,5 @@ def featurize(texts: list[str], featurizer: str, max_tokens: int, generator: str
             raise ValueError(f"featurizer {featurizer!r} could not load offline ({error}); "
                              "use metrics.featurizer=minilm or a local model folder.") from error
 
-    return disk_cached("features", [featurizer, source, max_tokens, texts], compute)
+    key = [VERSION, featurizer, source, max_tokens, texts]
+    return disk_cached("features", key if featurizer == "minilm" else [*key, LM_DTYPE], compute)

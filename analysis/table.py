@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis import features
 from analysis.coherence import (
     CoherenceConfig,
     embedding_coherence,
@@ -81,7 +82,7 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
         p = featurize(references, m.featurizer, m.max_tokens, generator)
         q = featurize(texts, m.featurizer, m.max_tokens, generator)
         source = generator if m.featurizer == "generator" else None  # the features' model
-        scores = disk_cached("mauve", [vars(m), source, references, texts],
+        scores = disk_cached("mauve", [features.VERSION, vars(m), source, references, texts],
                              lambda: mauve_scores(p, q, m))
         return {"mauve": float(np.mean(scores)), "mauve_values": list(scores)}
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis import features
 from analysis.features import disk_cached, featurize
 from analysis.load import Job
 from analysis.mauve import MauveConfig, mauve_swap_test
@@ -306,15 +307,15 @@ def mauve_delta(method: Job, base: Job, prompts: np.ndarray, cfg: MauveConfig,
     by_seed = [[r["continuation"] for r in rs if r["seed"] == s] for rs in (a, b) for s in seeds]
 
     def compute() -> np.ndarray:
-        def features(texts: list[str]) -> np.ndarray:
+        def embed(texts: list[str]) -> np.ndarray:
             return featurize(texts, cfg.featurizer, cfg.max_tokens, generator)
 
-        m = np.vstack([features(t) for t in by_seed[: len(seeds)]])
-        bb = np.vstack([features(t) for t in by_seed[len(seeds) :]])
-        return np.array(mauve_swap_test(features(human), bb, m, np.array(prompt_of_text), cfg,
+        m = np.vstack([embed(t) for t in by_seed[: len(seeds)]])
+        bb = np.vstack([embed(t) for t in by_seed[len(seeds) :]])
+        return np.array(mauve_swap_test(embed(human), bb, m, np.array(prompt_of_text), cfg,
                                         flips))
 
-    key = [vars(cfg), generator, human, by_seed, prompt_of_text, flips.shape,
+    key = [features.VERSION, vars(cfg), generator, human, by_seed, prompt_of_text, flips.shape,
            hashlib.sha1(flips.tobytes()).hexdigest()]
     delta, p = disk_cached("mauve_swap", key, compute)
     return float(delta), float(p)
