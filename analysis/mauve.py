@@ -23,6 +23,9 @@ from analysis.stats import permutation_p
 log = logging.getLogger(__name__)
 
 
+CHUNK = 1 << 21  # labels per chunk of swap-test replicates (16 MB of int64 or float64)
+
+
 @dataclass
 class MauveConfig:
     """``metrics.mauve`` in ``conf/analysis.yaml``."""
@@ -117,7 +120,9 @@ def mauve_swap_test(human: np.ndarray, base: np.ndarray, method: np.ndarray,
     n = len(base)
     buckets = max(2, round(min(len(human), n) / 10)) if cfg.num_buckets == "auto" else int(
         cfg.num_buckets)
-    swap = flips[:, prompt_of_text].astype(bool)  # [B, texts]
+    # Replicates go in chunks of about CHUNK labels (or divergence-curve points), so memory
+    # does not grow with B.
+    chunk = max(1, CHUNK // max(n, 25 * buckets))
     deltas, nulls = [], []
     with threadpool_limits(limits=1), faiss_warnings_silenced():
         for seed in range(cfg.kmeans_seeds):
@@ -132,9 +137,12 @@ def mauve_swap_test(human: np.ndarray, base: np.ndarray, method: np.ndarray,
 
             observed = mauve_of_histograms(p, hist(np.vstack([m, b])), cfg.scaling_factor)
             deltas.append(observed[0] - observed[1])
-            method_swapped = np.where(swap, b, m)
-            base_swapped = np.where(swap, m, b)
-            nulls.append(mauve_of_histograms(p, hist(method_swapped), cfg.scaling_factor)
-                         - mauve_of_histograms(p, hist(base_swapped), cfg.scaling_factor))
+            null = np.empty(len(flips))
+            for start in range(0, len(flips), chunk):
+                swap = flips[start : start + chunk, prompt_of_text].astype(bool)  # [chunk, n]
+                null[start : start + chunk] = (
+                    mauve_of_histograms(p, hist(np.where(swap, b, m)), cfg.scaling_factor)
+                    - mauve_of_histograms(p, hist(np.where(swap, m, b)), cfg.scaling_factor))
+            nulls.append(null)
     delta = float(np.mean(deltas))
     return delta, permutation_p(np.mean(nulls, axis=0), delta)
