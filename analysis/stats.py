@@ -58,7 +58,7 @@ def bootstrap(parts: np.ndarray, stat: Stat, counts: np.ndarray,
               level: float) -> tuple[float, float, float]:
     """Point estimate and percentile interval; ``parts`` is ``[prompts, k]`` per-prompt sums."""
     point = float(stat(parts.sum(0)))
-    replicates = stat(np.einsum("bp,pk->bk", counts, parts))
+    replicates = stat(counts @ parts)
     return (point, *interval(replicates, level))
 
 
@@ -95,11 +95,11 @@ def compare(parts: np.ndarray, base: np.ndarray, stat: Stat, counts: np.ndarray,
     replicate swaps the two configurations' texts of a random half of the prompts. Identical
     configurations give Δ = 0 and p = 1 exactly."""
     delta = float(stat(parts.sum(0)) - stat(base.sum(0)))
-    replicates = (stat(np.einsum("bp,pk->bk", counts, parts))
-                  - stat(np.einsum("bp,pk->bk", counts, base)))
+    replicates = (stat(counts @ parts)
+                  - stat(counts @ base))
     low, high = interval(replicates, level)
     difference = base - parts  # what a swap adds to the configuration (and takes from the base)
-    swapped = np.einsum("bp,pk->bk", flips, difference)
+    swapped = flips @ difference
     null = stat(parts.sum(0) + swapped) - stat(base.sum(0) - swapped)
     p = permutation_p(null, delta)
     finite = replicates[np.isfinite(replicates)]

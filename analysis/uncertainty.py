@@ -105,27 +105,59 @@ def with_parts(per_text: pd.DataFrame) -> pd.DataFrame:
 
 # ---- pairwise comparisons on common (prompt, seed) pairs ------------------------------------
 
-def metrics_of(texts: pd.DataFrame) -> list[str]:
-    """The metrics of ``PARTS`` every one of ``texts`` has all parts of."""
-    return [m for m, (columns, _) in PARTS.items()
-            if set(columns) <= set(texts) and texts[columns].notna().all().all()]
+PART_COLUMNS = sorted({c for columns, _ in PARTS.values() for c in columns})
+COLUMN = {c: i for i, c in enumerate(PART_COLUMNS)}
 
 
-def part_columns(texts: pd.DataFrame) -> list[str]:
-    return sorted({c for columns, _ in PARTS.values() for c in columns if c in texts})
+@dataclass
+class Texts:
+    """One row's texts as arrays: each text's prompt and seed (-1: a human reference) and its
+    parts (columns ``PART_COLUMNS``; NaN where the text has none)."""
+
+    prompt: np.ndarray
+    seed: np.ndarray
+    parts: np.ndarray
+
+    @classmethod
+    def of(cls, per_text: pd.DataFrame) -> Texts:
+        """From rows of ``per_text.csv`` (one configuration's)."""
+        frame = with_parts(per_text)
+        return cls(frame["prompt_id"].to_numpy(np.int64),
+                   frame["seed"].fillna(-1).to_numpy(np.int64),
+                   frame.reindex(columns=PART_COLUMNS).to_numpy(float))
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics of ``PARTS`` every one of these texts has all parts of."""
+        complete = ~np.isnan(self.parts).any(0)
+        return [m for m, (columns, _) in PARTS.items()
+                if all(complete[COLUMN[c]] for c in columns)]
+
+    def by_prompt(self, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts (sorted) and ``[prompts, parts]``: each prompt's sums over its texts
+        (those ``keep`` marks, default all)."""
+        prompt, parts = (self.prompt, self.parts) if keep is None else (self.prompt[keep],
+                                                                         self.parts[keep])
+        prompts, inverse = np.unique(prompt, return_inverse=True)
+        sums = np.zeros((len(prompts), parts.shape[1]))
+        np.add.at(sums, inverse, parts)
+        return prompts, sums
+
+    def keys(self) -> np.ndarray:
+        return (self.prompt << 20) | (self.seed + 1)  # one int per (prompt, seed)
 
 
-def common_sums(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Per prompt, the sums of ``a``'s and of ``b``'s per-text parts over the (prompt, seed)
-    pairs both have (rows: the prompts with at least one such pair, in order), and the number
-    of those pairs. ``a`` and ``b`` are per-text rows (``prompt_id``, ``seed``, parts)."""
-    a, b = (t.set_index(["prompt_id", "seed"]) for t in (a, b))
-    common = a.index.intersection(b.index)
-
-    def sums(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.loc[common, part_columns(frame)].groupby(level="prompt_id").sum()
-
-    return sums(a), sums(b), len(common)
+def common_sums(a: Texts, b: Texts) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per prompt, the sums of ``a``'s and of ``b``'s parts over the (prompt, seed) pairs both
+    have (rows: the prompts with at least one such pair, sorted), and the number of pairs."""
+    _, in_a, in_b = np.intersect1d(a.keys(), b.keys(), assume_unique=True,
+                                   return_indices=True)
+    keep_a, keep_b = np.zeros(len(a), bool), np.zeros(len(b), bool)
+    keep_a[in_a], keep_b[in_b] = True, True
+    return a.by_prompt(keep_a)[1], b.by_prompt(keep_b)[1], len(in_a)
 
 
 @dataclass
@@ -143,10 +175,13 @@ class Resamples:
                    sign_flips(prompts, samples_test, cfg.seed))
 
 
-def compare_sums(a: pd.DataFrame, b: pd.DataFrame, metric: str, resamples: Resamples,
+def parts_of(sums: np.ndarray, metric: str) -> np.ndarray:
+    return sums[:, [COLUMN[c] for c in PARTS[metric][0]]]
+
+
+def compare_sums(a: np.ndarray, b: np.ndarray, metric: str, resamples: Resamples,
                  level: float) -> Comparison:
-    columns, stat = PARTS[metric]
-    return compare(a[columns].to_numpy(float), b[columns].to_numpy(float), stat,
+    return compare(parts_of(a, metric), parts_of(b, metric), PARTS[metric][1],
                    resamples.counts, resamples.flips, level)
 
 
@@ -155,11 +190,11 @@ def compare_rows(a: pd.DataFrame, b: pd.DataFrame, metric: str, cfg: BootstrapCo
     """Δ ``metric`` = row ``a`` - row ``b`` on the (prompt, seed) pairs both have: the paired
     bootstrap interval at ``cfg.level`` and SE of Δ over prompts (``cfg.samples`` resamples),
     and the paired sign-flip p over ``samples_test`` (default ``cfg.samples``) random halves of
-    the prompts. ``a`` and ``b`` are per-text rows of two configurations (``prompt_id``,
-    ``seed`` and the parts ``PARTS[metric]`` needs, as ``with_parts(per_text)`` gives them).
-    Identical texts give Δ = 0 and p = 1 exactly. ``Comparison.pairs`` and ``.prompts`` say
-    how many pairs and prompts Δ is over; no common pair raises ValueError."""
-    sums_a, sums_b, pairs = common_sums(a, b)
+    the prompts. ``a`` and ``b`` are two configurations' rows of ``per_text.csv``
+    (``prompt_id``, ``seed`` and the per-text parts ``PARTS[metric]`` is made of). Identical
+    texts give Δ = 0 and p = 1 exactly. ``Comparison.pairs`` and ``.prompts`` say how many
+    pairs and prompts Δ is over; no common pair raises ValueError."""
+    sums_a, sums_b, pairs = common_sums(Texts.of(a), Texts.of(b))
     if not pairs:
         raise ValueError("the two rows have no (prompt, seed) pair in common: nothing to pair")
     resamples = Resamples.of(len(sums_a), cfg, samples_test or cfg.samples)
@@ -230,35 +265,34 @@ def test_count(summary: pd.DataFrame, metrics: list[str]) -> int:
     return compared * (len(metrics) + ("mauve" in summary))
 
 
-def cell_intervals(summary: pd.DataFrame, texts: dict[str, pd.DataFrame],
+def cell_intervals(summary: pd.DataFrame, texts: dict[str, Texts],
                    cfg: BootstrapConfig) -> pd.DataFrame:
     """``<metric>_lo``/``_hi`` of every row over all its texts (a prompt's seeds resampled
-    together); one set of prompt resamples per reference group."""
-    out = pd.DataFrame(index=summary.index)
+    together); one set of prompt resamples per reference group (whose rows share prompts)."""
+    out: dict[int, dict[str, float]] = {}
     for _, rows in summary.groupby("references", sort=False):
-        sums = {i: t.groupby("prompt_id")[part_columns(t)].sum()
-                for i, t in ((i, texts.get(summary.loc[i, "config"])) for i in rows.index)
-                if t is not None}
-        if not sums:
-            continue
-        prompts = next(iter(sums.values())).index
-        counts = resample_counts(len(prompts), cfg.samples, cfg.seed)
-        for i, by_prompt in sums.items():
-            for m in metrics_of(texts[summary.loc[i, "config"]]):
-                columns, stat = PARTS[m]
-                parts = by_prompt.reindex(prompts)[columns].to_numpy(float)
-                _, out.loc[i, f"{m}_lo"], out.loc[i, f"{m}_hi"] = bootstrap(parts, stat, counts,
-                                                                          cfg.level)
-    return out
+        mine = {i: texts[summary.loc[i, "config"]] for i in rows.index
+                if summary.loc[i, "config"] in texts}
+        counts: dict[int, np.ndarray] = {}
+        for i, row_texts in mine.items():
+            _, sums = row_texts.by_prompt()
+            shared = counts.setdefault(len(sums), resample_counts(len(sums), cfg.samples,
+                                                                  cfg.seed))
+            out[i] = {}
+            for m in row_texts.metrics:
+                _, out[i][f"{m}_lo"], out[i][f"{m}_hi"] = bootstrap(
+                    parts_of(sums, m), PARTS[m][1], shared, cfg.level)
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
-def pairwise_tests(summary: pd.DataFrame, texts: dict[str, pd.DataFrame], base: int,
+def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
                    rows: pd.Index, cfg: BootstrapConfig, samples_test: int) -> pd.DataFrame:
     """Every row of ``rows`` against row ``base`` on their common (prompt, seed) pairs:
     ``delta_<m>``, ``delta_<m>_lo``/``_hi``, ``p_<m>`` and ``se_<m>``, and ``delta_subset``
     (1 where the pairs are fewer than either row's texts)."""
-    out = pd.DataFrame(index=rows)
+    out: dict[int, dict[str, float]] = {}
     base_texts = texts[summary.loc[base, "config"]]
+    base_metrics = set(base_texts.metrics)
     resamples: dict[int, Resamples] = {}  # by number of prompts
     for i in rows:
         mine = texts.get(summary.loc[i, "config"])
@@ -268,12 +302,13 @@ def pairwise_tests(summary: pd.DataFrame, texts: dict[str, pd.DataFrame], base: 
         if not pairs:
             continue
         shared = resamples.setdefault(len(sums_a), Resamples.of(len(sums_a), cfg, samples_test))
-        for m in [m for m in metrics_of(mine) if m in metrics_of(base_texts)]:
+        out[i] = {"delta_subset": float(pairs < min(len(mine), len(base_texts)))}
+        for m in [m for m in mine.metrics if m in base_metrics]:
             result = compare_sums(sums_a, sums_b, m, shared, cfg.level)
-            out.loc[i, [f"delta_{m}", f"delta_{m}_lo", f"delta_{m}_hi", f"p_{m}", f"se_{m}"]] = (
-                result.delta, result.low, result.high, result.p, result.se)
-        out.loc[i, "delta_subset"] = float(pairs < min(len(mine), len(base_texts)))
-    return out
+            out[i].update({f"delta_{m}": result.delta, f"delta_{m}_lo": result.low,
+                           f"delta_{m}_hi": result.high, f"p_{m}": result.p,
+                           f"se_{m}": result.se})
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
 def holm_over_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -344,9 +379,10 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
     """``summary`` with intervals, Δs and p-values (``parameters``: its selector parameter
     columns); and the notes for under the table. Reference groups without the baseline get
     no Δ (``check_baseline`` says so before the work)."""
-    frame = with_parts(per_text)
-    texts = dict(iter(frame.groupby("config", sort=False))) if "config" in frame else {}
-    metrics = [m for m in PARTS if m in summary and set(PARTS[m][0]) <= set(frame)]
+    texts = {config: Texts.of(rows) for config, rows in per_text.groupby("config", sort=False)
+             } if len(per_text) else {}
+    metrics = [m for m in PARTS if m in summary and set(PARTS[m][0]) <= set(with_parts(
+        per_text.iloc[:1]))]
     samples_test = max(cfg.samples, 20 * test_count(summary, metrics))
     parts = [cell_intervals(summary, texts, cfg)]
     by_config = {job.config_id: job for job in jobs}
@@ -363,13 +399,13 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
         baselines.append(describe(summary.loc[base], parameters))
         parts.append(pairwise_tests(summary, texts, base, runs.index, cfg, samples_test))
         if "mauve" in summary:
-            prompts = np.array(sorted(texts[summary.loc[base, "config"]]["prompt_id"].unique()))
+            prompts = np.unique(texts[summary.loc[base, "config"]].prompt)
             prompt_counts.append(len(prompts))
             flips = sign_flips(len(prompts), samples_test, cfg.seed)
             parts.append(mauve_tests(summary, by_config, base, runs.index, prompts, mauve_cfg,
                                      flips))
         else:
-            prompt_counts.append(texts[summary.loc[base, "config"]]["prompt_id"].nunique())
+            prompt_counts.append(len(np.unique(texts[summary.loc[base, "config"]].prompt)))
     added = pd.DataFrame(index=summary.index)
     for part in parts:  # each covers some rows (one reference group) and some columns
         added = added.combine_first(part.astype(float))
