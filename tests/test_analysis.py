@@ -1,5 +1,6 @@
 """Metrics against hand-computed values, and the whole path on a tiny sweep."""
 
+import copy
 import math
 import os
 import subprocess
@@ -8,11 +9,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from analysis import features
 from analysis.__main__ import analyse, load_config
 from analysis.diversity import diversity_metrics
 from analysis.mauve import MauveConfig, mauve_scores
+from analysis.uncertainty import BaselineConfig, BaselineNotFound, check_baseline
 from harness.sweep import main as run_sweep
 from tests.conftest import ROOT, TINY
 
@@ -80,8 +83,10 @@ def test_analysis_of_a_tiny_sweep_writes_the_table(tiny_sweep):
     per_seed = pd.read_csv(tiny_sweep / "per_seed.csv")
     top_k = per_seed[per_seed["method"] == "top_k"]
     assert sorted(top_k["seed"]) == [0, 1]
+    texts = pd.read_csv(tiny_sweep / "per_text.csv")
+    sums = texts[texts["method"] == "top_k"][["u2", "t2", "u3", "t3", "u4", "t4"]].sum()
     assert summary[summary["method"] == "top_k"]["diversity"].iloc[0] == pytest.approx(
-        top_k["diversity"].mean())
+        sums["u2"] / sums["t2"] * sums["u3"] / sums["t3"] * sums["u4"] / sums["t4"])  # pooled
     # Every metric with an interval around it; Δs against top_k; per-text drill-down.
     for metric in ("diversity", "rep_2", "coherence", "perplexity", "mean_tokens"):
         inside = summary[metric].between(summary[f"{metric}_lo"] - 1e-9,
@@ -94,6 +99,16 @@ def test_analysis_of_a_tiny_sweep_writes_the_table(tiny_sweep):
         assert (same_as_top_k[f"delta_{metric}"] == 0).all(), metric
         assert (same_as_top_k[f"p_{metric}"] == 1).all(), metric
     assert summary.loc[summary["method"] == "top_k", "delta_diversity"].isna().all()  # baseline
+    # A Δ is the difference of the two cells shown, where both rows have the same seeds;
+    # greedy (seed 0 only) is compared on the baseline's seed-0 texts and marked.
+    base = summary[summary["method"] == "top_k"].iloc[0]
+    same_seeds = runs[(runs["method"] != "top_k") & (runs["seeds"] == 2)]
+    for metric in ("diversity", "rep_2", "coherence", "perplexity", "mean_tokens", "eos_rate"):
+        assert np.allclose(same_seeds[f"delta_{metric}"], same_seeds[metric] - base[metric],
+                           rtol=1e-12, atol=1e-12), metric
+    assert (same_seeds["delta_subset"] == 0).all()
+    greedy = summary[summary["method"] == "greedy"].iloc[0]
+    assert greedy["delta_subset"] == 1 and greedy["n"] == 12
     per_text = pd.read_csv(tiny_sweep / "per_text.csv")
     assert {"job", "prompt_id", "seed", "num_tokens", "coherence", "ll_sum", "ll_tokens", "u2",
             "t2", "u4", "t4"} <= set(per_text)
@@ -104,10 +119,43 @@ def test_analysis_of_a_tiny_sweep_writes_the_table(tiny_sweep):
         100 * (1 - pooled["u2"] / pooled["t2"]))
     markdown = (tiny_sweep / "summary.md").read_text()
     assert "Δ diversity" in markdown and "Holm" in markdown and "Minimum detectable" in markdown
+    assert "†" in markdown and "pairs both rows have" in markdown and "95% percentile" in markdown
+    # every MAUVE is one seed's 12 texts: the small-sample warning names that n, not 24
+    assert "as few as 12" in markdown
     # alpha <= 0.3 of the scaling form is top_k exactly (diagnostics say so).
     tau = summary[(summary["method"] == "locally_typical_distance") & (summary["alpha"] == 0.2)]
     assert tau["topk_identical_rate"].iloc[0] >= runs[runs["method"] == "top_k"][
         "topk_identical_rate"].iloc[0] - 1e-9
+
+
+def test_another_baseline_and_level_as_the_readme_shows(tiny_sweep):
+    summary = analyse([tiny_sweep], config("baseline.method=top_p", "baseline.params.top_p=0.95",
+                                           "bootstrap.level=0.9"))
+    top_p = summary["method"] == "top_p"
+    assert summary.loc[top_p, "delta_diversity"].isna().all()
+    assert summary.loc[~top_p & (summary["method"] != "human"), "delta_diversity"].notna().all()
+    markdown = (tiny_sweep / "summary.md").read_text()
+    assert "against top_p" in markdown and "90% percentile" in markdown
+    readme = (ROOT / "README.md").read_text()
+    assert "baseline.method=top_p baseline.params.top_p=0.95" in " ".join(readme.split())
+
+
+def test_an_unknown_baseline_fails_before_the_work_and_lists_the_rows(tiny_sweep):
+    before = features.stats["embedded"]
+    listed = r"the rows that can be the baseline: .*baseline\.method=top_k [^;]*top_k=10"
+    with pytest.raises(BaselineNotFound, match=listed):
+        analyse([tiny_sweep], config("baseline.method=nonexistent"))
+    with pytest.raises(ValueError, match="no row of the table"):
+        analyse([tiny_sweep], config("baseline.params.top_k=3"))
+    assert features.stats["embedded"] == before
+
+
+def test_a_missing_default_baseline_is_said_under_the_table():
+    rows = pd.DataFrame([{"method": "top_p", "top_p": 0.95}, {"method": "top_k", "top_k": 20}])
+    note = check_baseline(rows, BaselineConfig(), ["top_p", "top_k"])
+    assert "default baseline (baseline.method=top_k baseline.params.top_k=10) is not" in note
+    assert "baseline.method=top_k baseline.params.top_k=20" in note
+    assert check_baseline(rows, BaselineConfig("top_p", {"top_p": 0.95}), ["top_p"]) is None
 
 
 def test_second_analysis_does_no_featurization(tiny_sweep):
@@ -192,3 +240,75 @@ def test_jobs_with_other_reference_lengths_get_their_own_rows(tmp_path):
     summary = analyse([tmp_path], config())
     assert list(zip(summary["method"], summary["max_new_tokens"], strict=True)) == [
         ("top_k", 8), ("top_k", 16), ("human", 8), ("human", 16)]
+
+
+def test_two_prompt_lengths_are_two_rows_each_with_its_own_humans(tmp_path):
+    from harness.runner import run_job
+    from tests.conftest import compose
+
+    for prompt_tokens in (16, 24):
+        cfg = compose(*TINY, "selector=top_k", f"generation.prompt_tokens={prompt_tokens}",
+                      "generation.max_new_tokens=16", "dataset.limit=6", "generation.seeds=[0]")
+        run_job(cfg, tmp_path / f"top_k,prompt_tokens={prompt_tokens}")
+    summary = analyse([tmp_path], config())
+    assert list(zip(summary["method"], summary["generation.prompt_tokens"], summary["n"],
+                    strict=True)) == [("top_k", 16, 6), ("top_k", 24, 6), ("human", 16, 6),
+                                      ("human", 24, 6)]
+    assert summary["references"].nunique() == 2
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "generation.prompt_tokens" in markdown.splitlines()[0]
+
+
+def test_dirs_that_differ_only_in_what_records_do_not_depend_on_are_one_configuration(
+        tmp_path):
+    import shutil
+
+    import yaml
+
+    from analysis.load import find_jobs
+    from harness.runner import run_job
+    from tests.conftest import compose
+
+    run_job(compose(*TINY, "selector=top_k", "dataset.limit=6", "generation.seeds=[0]"),
+            tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    job = yaml.safe_load((tmp_path / "b" / "job.yaml").read_text())
+    job["generation"]["compile"] = True
+    (tmp_path / "b" / "job.yaml").write_text(yaml.safe_dump(job))
+    jobs = find_jobs([tmp_path])
+    assert len(jobs) == 1 and len(jobs[0].records) == 6
+
+
+def test_a_dir_with_records_but_no_job_yaml_is_named_and_counted(tmp_path):
+    from analysis.load import load_notes, unidentified_dirs
+
+    (tmp_path / "lost").mkdir()
+    (tmp_path / "lost" / "generations.jsonl").write_text("{}\n")
+    assert unidentified_dirs([tmp_path]) == [tmp_path / "lost"]
+    (note,) = load_notes([tmp_path], [])
+    assert note.startswith("Warning: 1 dir(s)") and str(tmp_path / "lost") in note
+
+
+def test_every_selector_parameter_of_the_registry_is_a_column(tmp_path):
+    """Configurations that differ in any one parameter of any selector are two rows, and the
+    rendered table shows that parameter."""
+    from analysis.load import Job
+    from analysis.render import rendered
+    from analysis.table import configuration, parameters, summarize
+    from harness.selectors import SELECTORS, parameter_names
+    from tests.conftest import compose
+
+    for name, cls in SELECTORS.items():
+        job_config = OmegaConf.to_container(compose(*TINY, f"selector={name}"), resolve=True)
+        jobs = [Job(job_config)]
+        for parameter in parameter_names(cls):
+            other = copy.deepcopy(job_config)
+            value = other["selector"][parameter]
+            other["selector"][parameter] = 0.5 if value is None else value + 1
+            jobs.append(Job(other))
+        assert set(parameter_names(cls)) <= set(parameters(jobs)), name
+        per_seed = pd.DataFrame([{**configuration(job), "seed": 0, "n": 4, "diversity": 0.5}
+                                 for job in jobs])
+        summary = summarize(per_seed, pd.DataFrame(), jobs)
+        assert len(summary) == len(jobs), name
+        assert set(parameter_names(cls)) <= set(rendered(summary)), name
