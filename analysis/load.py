@@ -46,6 +46,11 @@ class DuplicateMismatch(ValueError):
     """Two dirs hold different texts for one (configuration, prompt, seed)."""
 
 
+class NoGenerations(FileNotFoundError, ValueError):
+    """A sweep dir that does not exist, or holds no job with generations (an input error:
+    a ValueError, and a FileNotFoundError as before)."""
+
+
 def reference_keys(config: dict) -> dict:
     """The readable part of a job's reference group (the group itself is
     ``Job.references_id``): model, dataset and reference length."""
@@ -156,7 +161,7 @@ def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
     counts = {"duplicates": 0, "corrupt": 0}
     for sweep in sweep_dirs:
         if not sweep.is_dir():
-            raise FileNotFoundError(f"sweep dir {sweep} does not exist; pass the dir that "
+            raise NoGenerations(f"sweep dir {sweep} does not exist; pass the dir that "
                                     "python -m harness -m wrote (e.g. multirun/seed_comparison).")
         for config_path in sorted(sweep.rglob(JOB)):
             job_dir = config_path.parent
@@ -175,7 +180,7 @@ def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
                     "is unknown; re-run its command to write it)", job_dir, JOB)
     result = [job for job in jobs.values() if job.records]
     if not result:
-        raise FileNotFoundError(f"no job with generations under {', '.join(map(str, sweep_dirs))}"
+        raise NoGenerations(f"no job with generations under {', '.join(map(str, sweep_dirs))}"
                                 "; run a sweep first (python -m harness.sweep seed_comparison).")
     restrict_to_common_prompts(result)
     for job in result:

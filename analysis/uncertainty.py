@@ -259,7 +259,7 @@ def check_baseline(runs: pd.DataFrame, cfg: BaselineConfig,
 
 # ---- the table -----------------------------------------------------------------------------
 
-def test_count(summary: pd.DataFrame, metrics: list[str]) -> int:
+def planned_tests(summary: pd.DataFrame, metrics: list[str]) -> int:
     """How many p-values a table of ``summary`` has at most (for B >= 20 x tests)."""
     compared = sum(len(g) - 2 for _, g in summary.groupby("references")) or 1
     return compared * (len(metrics) + ("mauve" in summary))
@@ -383,11 +383,10 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
              } if len(per_text) else {}
     metrics = [m for m in PARTS if m in summary and set(PARTS[m][0]) <= set(with_parts(
         per_text.iloc[:1]))]
-    samples_test = max(cfg.samples, 20 * test_count(summary, metrics))
+    samples_test = max(cfg.samples, 20 * planned_tests(summary, metrics))
     parts = [cell_intervals(summary, texts, cfg)]
     by_config = {job.config_id: job for job in jobs}
     baselines: list[str] = []
-    prompt_counts: list[int] = []
     for _, rows in summary.groupby("references", sort=False):
         runs = rows[rows["method"] != "human"]
         found = matching(runs, baseline)
@@ -400,16 +399,14 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
         parts.append(pairwise_tests(summary, texts, base, runs.index, cfg, samples_test))
         if "mauve" in summary:
             prompts = np.unique(texts[summary.loc[base, "config"]].prompt)
-            prompt_counts.append(len(prompts))
             flips = sign_flips(len(prompts), samples_test, cfg.seed)
             parts.append(mauve_tests(summary, by_config, base, runs.index, prompts, mauve_cfg,
                                      flips))
-        else:
-            prompt_counts.append(len(np.unique(texts[summary.loc[base, "config"]].prompt)))
     added = pd.DataFrame(index=summary.index)
     for part in parts:  # each covers some rows (one reference group) and some columns
         added = added.combine_first(part.astype(float))
     summary = holm_over_table(pd.concat([summary, added.reindex(summary.index)], axis=1))
+    prompt_counts = sorted({len(np.unique(t.prompt)) for t in texts.values()})
     return summary, uncertainty_notes(summary, cfg, baselines, prompt_counts, samples_test)
 
 
@@ -417,7 +414,7 @@ def uncertainty_notes(summary: pd.DataFrame, cfg: BootstrapConfig, baselines: li
                       prompt_counts: list[int], samples_test: int) -> list[str]:
     """What the intervals, Δs, p-values and marks of the table are, in words."""
     level = f"{100 * cfg.level:g}%"
-    n = ", ".join(map(str, sorted(set(prompt_counts)))) or "all"
+    n = ", ".join(map(str, prompt_counts))
     tests = int(summary[[c for c in summary if c.endswith("_holm")]].notna().sum().sum())
     notes = [f"A cell is its statistic over all the row's texts (every seed pooled: the sums of "
              f"per-text counts, then the ratio), which is what its interval and Δ are about. "
