@@ -118,7 +118,7 @@ def texts(values: np.ndarray, seeds: list[int]) -> pd.DataFrame:
 def test_unequal_seed_sets_hold_the_level_under_a_null_and_find_a_planted_difference():
     """One row with 1 seed against one with 3 (greedy against a sampled baseline, or a seed
     added by a resume): compared on their common pairs, the sign-flip test keeps its level
-    whatever the prompt effect (comparing whole blocks rejected 12% at a nominal 5%)."""
+    whatever the prompt effect."""
     rng = np.random.default_rng(5)
     prompts, repeats = 60, 200
     cfg = BootstrapConfig(samples=300)
@@ -133,7 +133,8 @@ def test_unequal_seed_sets_hold_the_level_under_a_null_and_find_a_planted_differ
             assert (result.pairs, result.prompts) == (prompts, prompts)
             rejected[sd, shift] += result.p < 0.05
     for sd in (0.0, 1.0):
-        assert rejected[sd, 0.0] / repeats <= 0.08, rejected
+        # nor far below it: comparing whole seed blocks rejected 8% (sd 0) and 1% (sd 1) here
+        assert 0.02 <= rejected[sd, 0.0] / repeats <= 0.08, rejected
         assert rejected[sd, 1.0] / repeats >= 0.9, rejected
 
 
