@@ -34,12 +34,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from harness.data import DatasetConfig, Prompt, load_prompts
+from harness.data import DatasetConfig, Prompt, check_dataset, load_prompts
 from harness.models import LoadedModel, ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
 from harness.sampling import SAMPLER_VERSION, KeyedSampler, row_keys
 from harness.selectors import Selector, StepDiagnostics, make_selector
-from harness.tracking import WandbConfig, wandb_run
+from harness.tracking import WandbConfig, check_wandb, wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class JobError(ValueError):
 
 
 class Terminated(Exception):
-    """SIGTERM (SLURM's preemption or time limit) arrived; finished batches are written."""
+    """SIGTERM (SLURM's preemption or time limit) or SIGINT (Ctrl-C) arrived; finished batches
+    are written."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by signal {signal.Signals(signum).name}")
@@ -115,8 +116,29 @@ def shared_settings(cfg: DictConfig) -> str:
     return json.dumps(content, sort_keys=True)
 
 
+# What to write for a required key that is missing (the config groups that leave it ???).
+REQUIRED_EXAMPLES = {
+    "model.source": "model=hub model.source=gpt2-large (a hub name) or model.source=/path/to/model",
+    "dataset.data_files": "dataset=local dataset.data_files=my.jsonl (dataset.path=text|parquet "
+                          "for other formats)",
+}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def validate(cfg: DictConfig) -> Selector:
-    """Every check that needs no model, so bad input fails in seconds."""
+    """Every check that needs no model and no dataset, so bad input fails in seconds, before
+    anything loads or any dir is touched."""
+    for key, example in REQUIRED_EXAMPLES.items():  # before model.name: ${model.source}
+        group, leaf = key.split(".")
+        if OmegaConf.is_missing(cfg[group], leaf):
+            raise JobError(f"{key} is required and was not given; e.g. {example}.")
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        raise JobError(f"{key} is required and was not given; set {key}=...")
+    try:
+        check_wandb(OmegaConf.to_object(cfg.wandb))
+        check_dataset(OmegaConf.to_object(cfg.dataset))
+    except ValueError as error:
+        raise JobError(str(error)) from None
     gen = cfg.generation
     for key in ("prompt_tokens", "max_new_tokens", "batch_size"):
         if gen[key] < 1:
@@ -125,6 +147,20 @@ def validate(cfg: DictConfig) -> Selector:
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise JobError(f"generation.seeds={seeds} must be a non-empty list of distinct integers "
                        ">= 0.")
+    if cfg.model.dtype not in DTYPES:
+        raise JobError(f"model.dtype={cfg.model.dtype!r} is not known; use {', '.join(DTYPES)}.")
+    try:
+        device = torch.device("cpu" if cfg.model.device == "auto" else cfg.model.device)
+    except RuntimeError:
+        raise JobError(f"model.device={cfg.model.device!r} is not a device; use auto, cpu, cuda "
+                       "or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise JobError(f"model.device={cfg.model.device!r} but no CUDA device is visible here; "
+                       "use model.device=auto or cpu.")
+    source = str(cfg.model.source)
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
+        raise JobError(f"model.source={source!r} could not be loaded: no such folder; give a "
+                       "local model folder or a hub name.")
     try:
         return build_selector(cfg.selector)
     except ValueError as error:
@@ -257,19 +293,26 @@ class StopOnSignal(StoppingCriteria):
                           device=input_ids.device)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption and Ctrl-C: both finish writing
+
+
 @contextmanager
 def sigterm_stops(stop: StopOnSignal) -> Iterator[None]:
-    """SIGTERM sets ``stop.signum`` (from the main thread only, where Python delivers it)."""
+    """SIGTERM or SIGINT sets ``stop.signum`` (from the main thread only, where Python
+    delivers signals)."""
+    def handler(signum: int, frame: Any) -> None:
+        stop.signum = signum
+
     try:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(
-            stop, "signum", signum))
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals to it
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def generate_rows(loaded: LoadedModel, rows: list[Row], gen: GenerateConfig,

@@ -61,6 +61,21 @@ class Run:
                                                                          data=data)}))
 
 
+MODES = ("offline", "online", "disabled")
+
+
+def check_wandb(cfg: WandbConfig) -> None:
+    """The W&B settings, checked by both entry points before any work."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"wandb.mode={cfg.mode!r} is not known; use {', '.join(MODES)} "
+                         "(e.g. wandb=offline).")
+    if not cfg.init_timeout > 0:
+        raise ValueError(f"wandb.init_timeout={cfg.init_timeout} must be > 0 seconds.")
+    if not cfg.project:
+        raise ValueError("wandb.project is empty; name a project, e.g. "
+                         "wandb.project=decoding-harness.")
+
+
 def start(cfg: WandbConfig, directory: Path, init: dict) -> Any:
     """``wandb.init`` in ``cfg.mode``; online falls back to offline on any failure to start."""
     import wandb
@@ -83,8 +98,7 @@ def start(cfg: WandbConfig, directory: Path, init: dict) -> Any:
 def wandb_run(cfg: WandbConfig, directory: Path, **init: Any) -> Iterator[Run | None]:
     """A W&B run (``None`` when disabled), finished however the block ends, so that the jobs
     of one multirun process never merge into one run."""
-    if cfg.mode not in ("offline", "online", "disabled"):
-        raise ValueError(f"wandb.mode={cfg.mode!r} is not known; use offline, online or disabled.")
+    check_wandb(cfg)
     if cfg.mode == "disabled":
         yield None
         return
