@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -437,25 +438,54 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
 PREGENERATED: dict[Path, Job] = {}
 
 
-def pregenerate(jobs: list[tuple[Path, DictConfig]]) -> None:
-    """The fused launcher's first pass: generate the records of ``jobs`` (dir, config), one
-    batched generation per group of shared settings. A job with a bad value is left to its
-    own run, which reports it; a group that stops (a held lock, ...) is logged and its jobs
-    then run one by one, resuming whatever it wrote."""
-    groups: dict[str, list[tuple[DictConfig, Path, str]]] = {}
-    for job_dir, cfg in jobs:
+def pregenerate(jobs: list[tuple[Path, DictConfig, dict[str, str]]]) -> None:
+    """The fused launcher's first pass: generate the records of ``jobs`` (dir, config, the
+    job's ``hydra.job.env_set``), one batched generation per group of shared settings, under
+    the group's env. A job with a bad value is left to its own run, which reports it; so are
+    jobs that share a dir, and the jobs of a group whose env values differ (each then runs under
+    its own env); a group that stops (a held lock, ...) is logged and its jobs then run one by
+    one, resuming whatever it wrote."""
+    dirs = Counter(job_dir.resolve() for job_dir, _, _ in jobs)
+    groups: dict[str, list[tuple[DictConfig, Path, str, dict[str, str]]]] = {}
+    for job_dir, cfg, env in jobs:
         try:
             validate(cfg)
         except JobError:
             continue
-        groups.setdefault(shared_settings(cfg), []).append((cfg, job_dir, job_dir.name))
-    for specs in groups.values():
+        if dirs[job_dir.resolve()] > 1:
+            log.warning("%d jobs share the dir %s: they run one by one.", dirs[job_dir.resolve()],
+                        job_dir)
+            continue
+        groups.setdefault(shared_settings(cfg), []).append((cfg, job_dir, job_dir.name, env))
+    for members in groups.values():
+        envs = {json.dumps(env, sort_keys=True) for *_, env in members}
+        if len(envs) > 1:
+            log.warning("%d jobs that could run fused set different hydra.job.env_set values "
+                        "(%s): they run one by one, each under its own.", len(members),
+                        " vs ".join(sorted(envs)))
+            continue
         try:
-            for job in generate_jobs(specs):
-                PREGENERATED[job.dir.resolve()] = job
+            with environment(members[0][3]):
+                for job in generate_jobs([spec[:3] for spec in members]):
+                    PREGENERATED[job.dir.resolve()] = job
         except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as error:
             log.warning("fused generation of %d jobs stopped: %s They run one by one now.",
-                        len(specs), error)
+                        len(members), error)
+
+
+@contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``env`` set, as Hydra's ``run_job`` sets ``hydra.job.env_set``."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update({key: str(value) for key, value in env.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def track(job: Job, wandb_dir: Path) -> None:
