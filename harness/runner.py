@@ -40,7 +40,7 @@ from harness.models import LoadedModel, ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
 from harness.sampling import SAMPLER_VERSION, KeyedSampler, row_keys
 from harness.selectors import Selector, StepDiagnostics, make_selector
-from harness.tracking import WandbConfig, check_wandb, wandb_run
+from harness.tracking import RUN_ID, TIMINGS, WandbConfig, check_wandb, publish_job
 
 log = logging.getLogger(__name__)
 
@@ -488,22 +488,17 @@ def environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def track(job: Job, wandb_dir: Path) -> None:
-    """The job's W&B run: config, timing and a table of sample generations. Never fails the
-    job (see ``harness.tracking``)."""
-    cfg = job.cfg
-    with wandb_run(OmegaConf.to_object(cfg.wandb), wandb_dir,
-                   config=OmegaConf.to_container(cfg, resolve=True), job_type="generate",
-                   group=cfg.sweep, name=job.name,
-                   tags=[job.selector.name, cfg.model.name, cfg.dataset.name]) as run:
-        if run is None:
-            return
-        (job.dir / "wandb_run_id").write_text(run.id)
-        run.summary_update(job.timing)
-        samples = job.written[: cfg.generation.samples_to_log]
-        if samples:
-            columns = ["prompt_id", "seed", "prompt", "continuation", "reference"]
-            run.log_table("samples", columns, [[s[c] for c in columns] for s in samples])
+def track(job: Job, wandb_dir: Path | None = None) -> None:
+    """The configuration's W&B run (``harness.tracking.publish_job``): config, timing of every
+    invocation, a table of sample generations. An invocation that wrote nothing new leaves an
+    existing run as it is. Never fails the job (see ``harness.tracking``)."""
+    if job.written:
+        with (job.dir / TIMINGS).open("a") as history:
+            history.write(json.dumps(job.timing) + "\n")
+    elif (job.dir / RUN_ID).exists():
+        return
+    publish_job(OmegaConf.to_object(job.cfg.wandb), job.dir, wandb_dir,
+                invocation=job.timing if job.written else None)
 
 
 def run_job(cfg: DictConfig, job_dir: Path, wandb_dir: Path | None = None,
@@ -512,5 +507,5 @@ def run_job(cfg: DictConfig, job_dir: Path, wandb_dir: Path | None = None,
     job = PREGENERATED.pop(job_dir.resolve(), None)
     if job is None:
         job = generate_jobs([(cfg, job_dir, name or job_dir.name)])[0]
-    track(job, wandb_dir or job_dir)
+    track(job, wandb_dir)
     return job_dir / RECORDS
