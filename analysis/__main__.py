@@ -197,8 +197,10 @@ def main(argv: list[str]) -> None:
         try:
             cfg = load_config(overrides)
         except (HydraException, OmegaConfBaseException) as error:
-            raise ValueError(f"analysis overrides {' '.join(overrides)}: "
-                             f"{' '.join(str(error).split())}") from error
+            why = str(error).splitlines()[0]
+            if error.__cause__ is not None:  # Hydra's "Error merging override": the reason
+                why += f" ({str(error.__cause__).splitlines()[0]})"
+            raise ValueError(f"analysis overrides {' '.join(overrides)}: {why}") from error
         validate(dirs, cfg)
         analyse(dirs, cfg)
     except KeyboardInterrupt:

@@ -82,5 +82,26 @@ def main(cfg: DictConfig) -> None:
     log.info("wrote %s", path)
 
 
-if __name__ == "__main__":
+def check_overrides(args: list[str]) -> None:
+    """Hydra's grammar errors do not say which override they are about: say it, in one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if not arg.startswith("-"):
+            try:
+                parser.parse_overrides([arg])
+            except OverrideParseException as error:
+                raise SystemExit(f"override {arg!r} does not parse: {one_line(error)} (quote a "
+                                 "value holding , [ ] = or spaces: key='a,b')") from None
+
+
+def cli() -> None:
+    """``python -m harness``: the overrides' grammar, then Hydra."""
+    check_overrides(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> None:
     launcher = [] if any(a.startswith("hydra/launcher=") for a in extra) else [
         "hydra/launcher=fused"]
     print(f"[sweep {path.stem}] {len(grids)} grids from {path}", flush=True)
-    from harness.__main__ import main as harness_main  # torch: only once the file is good
+    from harness.__main__ import cli as harness_main  # torch: only once the file is good
 
     sys.argv = ["harness", "--multirun", f"sweep={path.stem}", "hydra/sweeper=union",
                 f"hydra.sweeper.sweep_file={path}", *launcher, *extra]
