@@ -1,8 +1,13 @@
-"""``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [key=value ...]``: metrics, tables, plots.
+"""``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [key=value ...] [--debug]``: metrics, tables,
+plots.
 
 Writes into the first sweep dir: summary.csv/.md/.tex, per_seed.csv and plots/*.png, and logs
-them to one W&B run (offline by default). Overrides are Hydra's, on ``conf/analysis.yaml``:
-e.g. ``metrics.mauve.featurizer=lm:gpt2-large`` or ``wandb=disabled``.
+them to one W&B run (offline by default; group: the sweeps' name) whose id the dir keeps, so a
+re-analysis replaces it; each configuration's metrics, intervals, Δs and p-values go into its
+generation run (``harness.tracking.publish_job``). Overrides are Hydra's, on
+``conf/analysis.yaml``: e.g. ``metrics.mauve.featurizer=lm:gpt2-large`` or ``wandb=disabled``.
+A mistake in the input is one line and exit 1, before any work; ``--debug`` shows the
+traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from pathlib import Path
 import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from analysis import features
@@ -32,10 +39,19 @@ from analysis.table import (
     summarize,
 )
 from analysis.uncertainty import BaselineConfig, add_uncertainty, check_baseline
-from harness.tracking import WandbConfig, wandb_run
+from harness.tracking import (
+    RUN_ID,
+    WandbConfig,
+    check_wandb,
+    publish_job,
+    replace_earlier,
+    runs_root,
+    wandb_run,
+)
 
 log = logging.getLogger("analysis")
 CONF = Path(__file__).resolve().parent.parent / "conf"
+ANALYZE_RUN_ID = "wandb_analyze_run_id"  # in the output dir: the analysis run's id
 
 
 @dataclass
@@ -53,6 +69,30 @@ ConfigStore.instance().store(name="analysis_schema", node=AnalysisConfig)
 def load_config(overrides: list[str]) -> AnalysisConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return OmegaConf.to_object(compose("analysis", overrides=overrides))
+
+
+def validate(sweep_dirs: list[Path], cfg: AnalysisConfig) -> None:
+    """Every check that needs no data: a mistake fails before anything is read or written."""
+    for sweep in sweep_dirs:
+        if not sweep.is_dir():
+            raise ValueError(f"sweep dir {sweep} does not exist; pass the dir that "
+                             "python -m harness -m wrote (e.g. multirun/seed_comparison).")
+    check_wandb(cfg.wandb)
+    mauve, coherence, boot = cfg.metrics.mauve, cfg.metrics.coherence, cfg.bootstrap
+    for key, value in (("metrics.mauve.featurizer", mauve.featurizer),
+                       ("metrics.coherence.embedder", coherence.embedder)):
+        if value not in ("minilm", "generator") and not value.startswith("lm:"):
+            raise ValueError(f"{key}={value!r} is not known; use minilm, lm:<model name or "
+                             "folder>, or generator.")
+    for key, value in (("metrics.mauve.max_tokens", mauve.max_tokens),
+                       ("metrics.mauve.kmeans_seeds", mauve.kmeans_seeds),
+                       ("metrics.coherence.max_tokens", coherence.max_tokens),
+                       ("metrics.coherence.batch_size", coherence.batch_size),
+                       ("bootstrap.samples", boot.samples)):
+        if value < 1:
+            raise ValueError(f"{key}={value} must be >= 1.")
+    if not 0 < boot.level < 1:
+        raise ValueError(f"bootstrap.level={boot.level} must be in (0, 1), e.g. 0.95.")
 
 
 def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
@@ -83,19 +123,9 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     markdown = write_tables(per_seed, summary, per_text, out, cfg.metrics.mauve.min_samples,
                             notes)
     plots = make_plots(summary, out / "plots")
-    with wandb_run(cfg.wandb, out, job_type="analyze", group=out.name,
-                   name=f"analyze-{out.name}", config=OmegaConf.to_container(
-                       OmegaConf.structured(cfg))) as run:
-        if run is not None:
-            import wandb
-
-            run.log({"summary": wandb.Table(dataframe=summary.astype(object).where(
-                summary.notna(), None)),
-                     "per_seed": wandb.Table(dataframe=per_seed.drop(
-                         columns=["mauve_values"], errors="ignore").astype(str)),
-                     **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
-    if cfg.write_back and cfg.wandb.mode != "disabled":
-        write_back(jobs, per_seed, cfg.wandb, out)
+    log_analysis(cfg, out, jobs, summary, per_seed, plots)
+    if cfg.write_back:
+        write_back(jobs, summary, cfg.wandb)
     print(markdown)
     log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv, per_text.csv and %d plots; embedded "
              "%d texts (everything else came from the cache)", out, len(plots),
@@ -103,30 +133,81 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     return summary
 
 
-def write_back(jobs, per_seed: pd.DataFrame, wandb_cfg: WandbConfig, out: Path) -> None:
-    """Each job's metrics into its generation run's summary (runs whose id the runner saved)."""
+def log_analysis(cfg: AnalysisConfig, out: Path, jobs: list, summary: pd.DataFrame,
+                 per_seed: pd.DataFrame, plots: list[Path]) -> None:
+    """The one analyze run of ``out``: tables and plots, in the sweeps' W&B group. Its id is
+    kept in ``out``, so a re-analysis updates it (online) or replaces its folder (offline)."""
+    id_file = out / ANALYZE_RUN_ID
+    sweeps = sorted({str(job.config.get("sweep", out.name)) for job in jobs})
+    with wandb_run(cfg.wandb, out, id=id_file.read_text().strip() if id_file.exists() else None,
+                   resume="allow", job_type="analyze", group="+".join(sweeps),
+                   name=f"analyze-{'+'.join(sweeps)}",
+                   config=OmegaConf.to_container(OmegaConf.structured(cfg))) as run:
+        if run is None:
+            return
+        import wandb
+
+        id_file.write_text(run.id)
+        run.log({"summary": wandb.Table(dataframe=summary.astype(object).where(
+            summary.notna(), None)),
+                 "per_seed": wandb.Table(dataframe=per_seed.drop(
+                     columns=["mauve_values"], errors="ignore").astype(str)),
+                 **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
+        offline, folder = run.wandb_run.offline, Path(run.wandb_run.settings.sync_dir)
+        complete = not run.failed
+    if offline and complete:
+        replace_earlier(out, run.id, folder)
+
+
+def metrics_of(job, summary: pd.DataFrame) -> dict:
+    """The job's summary row without the columns that name the configuration (method, its
+    parameters, references): metrics, intervals, Δs and p-values."""
+    rows = summary[(summary["config"] == job.config_id) & (summary["method"] != "human")]
+    if rows.empty:
+        return {}
+    naming = {*configuration(job), *parameters([job])}
+    return {k: float(v) for k, v in rows.iloc[0].items()
+            if k not in naming and pd.api.types.is_number(v) and pd.notna(v)}
+
+
+def write_back(jobs: list, summary: pd.DataFrame, wandb_cfg: WandbConfig) -> None:
+    """Each configuration's metrics, intervals, Δs and Holm p-values into its W&B run (every
+    dir of it whose run the runner started), written whole (``publish_job``)."""
+    if wandb_cfg.mode == "disabled":
+        return
     for job in jobs:
-        ids = [d / "wandb_run_id" for d in job.dirs if (d / "wandb_run_id").exists()]
-        rows = per_seed[per_seed["job"] == job.name].drop(columns=["mauve_values"],
-                                                          errors="ignore")
-        metrics = rows.mean(numeric_only=True).dropna().to_dict()
-        for id_file in ids:
-            with wandb_run(wandb_cfg, out, id=id_file.read_text().strip(),
-                           resume="allow") as run:
-                if run is not None:
-                    run.summary_update({f"analysis/{k}": v for k, v in metrics.items()})
+        metrics = metrics_of(job, summary)
+        for job_dir in job.dirs:
+            if (job_dir / RUN_ID).exists():
+                publish_job(wandb_cfg, job_dir, runs_root(job_dir), metrics=metrics)
 
 
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     dirs = [Path(a) for a in argv if "=" not in a]
     overrides = [a for a in argv if "=" in a]
-    if not dirs:
+    if not dirs or any(str(d).startswith("-") for d in dirs):
         raise SystemExit(__doc__)
     try:
-        analyse(dirs, load_config(overrides))
-    except (FileNotFoundError, DuplicateMismatch) as error:
-        log.error("%s", error)
+        try:
+            cfg = load_config(overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            why = str(error).splitlines()[0]
+            if error.__cause__ is not None:  # Hydra's "Error merging override": the reason
+                why += f" ({str(error.__cause__).splitlines()[0]})"
+            raise ValueError(f"analysis overrides {' '.join(overrides)}: {why}") from error
+        validate(dirs, cfg)
+        analyse(dirs, cfg)
+    except KeyboardInterrupt:
+        log.error("interrupted: the job dirs are untouched (the analysis only reads them); "
+                  "re-running the same command redoes the tables from its caches.")
+        sys.exit(130)
+    except (ValueError, FileNotFoundError, DuplicateMismatch) as error:
+        if debug:
+            raise
+        log.error("%s", " ".join(str(error).split()))
         sys.exit(1)
 
 

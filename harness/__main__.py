@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -10,8 +12,11 @@ from pathlib import Path
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from harness.runner import JobConfig, Terminated, run_job
 
@@ -35,24 +40,68 @@ ConfigStore.instance().store(name="job_schema", node=JobConfig)
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
+class JobFailed(CompactHydraException):
+    """One job of a multirun failed on its input; its one-line message was logged. Hydra's
+    ``run_job`` keeps it in the job's return, so the launcher goes on with the other jobs and
+    the sweeper (``hydra/sweeper=harness``) sums the failures up at the end."""
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    wandb_dir = Path(hydra_cfg.sweep.dir) if multirun else job_dir
+    # absolute, so that hydra.job.chdir=true cannot move the runs into each job's dir
+    wandb_dir = Path(to_absolute_path(hydra_cfg.sweep.dir)) if multirun else job_dir
     try:
         path = run_job(cfg, job_dir, wandb_dir=wandb_dir, name=job_dir.name)
     except Terminated as stop:
         log.error("job %s %s: finished batches are written, the lock is released; re-running "
                   "the same command (or SLURM's requeue) resumes.", job_dir, stop)
         sys.exit(128 + stop.signum)
-    except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as error:
-        log.error("job %s stopped: %s Records already written in %s are kept; re-running the "
-                  "same command resumes.", job_dir, error, job_dir)
+    except KeyboardInterrupt:
+        log.error("job %s interrupted: records written so far are kept; re-running the same "
+                  "command resumes.", job_dir)
+        sys.exit(128 + signal.SIGINT)
+    except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError,
+            OmegaConfBaseException) as error:
+        kept = " Records written before it are kept." if isinstance(
+            error, FloatingPointError) else ""
+        message = f"job {job_dir.name}: {one_line(error)}{kept}"
+        if multirun:
+            log.error("%s", message)
+            raise JobFailed(message) from error
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", message)
         sys.exit(1)
     log.info("wrote %s", path)
 
 
-if __name__ == "__main__":
+def check_overrides(args: list[str]) -> None:
+    """Hydra's grammar errors do not say which override they are about: say it, in one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if not arg.startswith("-"):
+            try:
+                parser.parse_overrides([arg])
+            except OverrideParseException as error:
+                raise SystemExit(f"override {arg!r} does not parse: {one_line(error)} (quote a "
+                                 "value holding , [ ] = or spaces: key='a,b')") from None
+
+
+def cli() -> None:
+    """``python -m harness``: the overrides' grammar, then Hydra."""
+    check_overrides(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

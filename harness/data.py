@@ -12,6 +12,7 @@ dataset by ``path``/``name`` for users with network.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import random
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from omegaconf import MISSING
 from transformers import PreTrainedTokenizerBase
 
 from harness import cache_dir
@@ -39,7 +41,7 @@ class DatasetConfig:
 
     name: str = "austen"
     path: str = "json"  # a datasets builder (json, parquet, text) or a hub dataset name
-    data_files: str | None = "bundled:austen"
+    data_files: str | None = MISSING  # required (null for a hub dataset): no silent corpus
     config_name: str | None = None  # the hub dataset's configuration, e.g. wikitext-103-raw-v1
     split: str = "train"
     text_field: str = "text"
@@ -152,23 +154,71 @@ BUNDLED = {"bundled:austen": build_austen, "bundled:tiny": build_tiny,
            "bundled:synthetic": build_synthetic}
 
 
+# datasets' builders that read local text files, which check_dataset reads ahead of them
+TEXT_BUILDERS = ("json", "text", "csv")
+
+
+def check_dataset(cfg: DatasetConfig) -> None:
+    """Every check of ``dataset.*`` that needs neither the model nor ``datasets``: it runs before
+    anything loads. A local file must exist, hold something, and (for the text builders) be
+    UTF-8; each error names the key, the file and what to do."""
+    if not 0 <= cfg.shard < cfg.num_shards:
+        raise ValueError(f"dataset.shard={cfg.shard} must be in [0, dataset.num_shards="
+                         f"{cfg.num_shards}); shards are numbered from 0.")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ValueError(f"dataset.limit={cfg.limit} must be >= 1 (or null for every document).")
+    files = cfg.data_files
+    if files is None or files in BUNDLED:
+        return
+    if files.startswith("bundled:"):
+        raise ValueError(f"dataset.data_files={files!r} is not bundled; use one of "
+                         f"{', '.join(BUNDLED)} or a file path.")
+    if any(c in files for c in "*?[") or "://" in files:
+        return  # a glob or a URL: datasets resolves it
+    path = Path(files).expanduser()
+    if not path.is_file():
+        raise ValueError(f"dataset.data_files={files!r}: no such file ({path.absolute()}); give "
+                         "the path of a local json/jsonl/text/parquet file.")
+    if path.stat().st_size == 0 or (cfg.path in TEXT_BUILDERS and not _has_text(path)):
+        raise ValueError(f"dataset.data_files={files!r}: the file is empty; give a file with "
+                         f"one document per line (a {cfg.text_field!r} field for json).")
+
+
+def _has_text(path: Path) -> bool:
+    """Whether ``path`` holds anything but whitespace; raises if it is not UTF-8."""
+    decoder, offset, found = codecs.getincrementaldecoder("utf-8")(), 0, False
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                found = bool(decoder.decode(chunk).strip()) or found
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"dataset.data_files={str(path)!r} is not UTF-8 (byte {offset + error.start}: "
+                    f"{error.reason}); convert it, e.g. iconv -f latin1 -t utf-8."
+                ) from None
+            offset += len(chunk)
+    decoder.decode(b"", final=True)
+    return found
+
+
 def load_documents(cfg: DatasetConfig):
     """The dataset split as a ``datasets.Dataset``."""
     import datasets
 
+    check_dataset(cfg)
     data_files = cfg.data_files
     if data_files in BUNDLED:
         data_files = str(BUNDLED[data_files]())
-    elif data_files and data_files.startswith("bundled:"):
-        raise ValueError(f"dataset.data_files={data_files!r} is not bundled; use one of "
-                         f"{', '.join(BUNDLED)} or a file path.")
     try:
         ds = datasets.load_dataset(cfg.path, name=cfg.config_name, data_files=data_files,
                                    split=cfg.split)
-    except (FileNotFoundError, ValueError, ConnectionError) as error:
+    except (FileNotFoundError, ValueError, ConnectionError,
+            datasets.exceptions.DatasetGenerationError) as error:
+        cause = error.__cause__ or error  # DatasetGenerationError wraps the parser's error
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ValueError(
             f"dataset {cfg.name!r} (dataset.path={cfg.path!r}, dataset.data_files={data_files!r}) "
-            f"could not be loaded: {error}"
+            f"could not be loaded: {reason}"
         ) from error
     if cfg.text_field not in ds.column_names:
         raise ValueError(f"dataset.text_field={cfg.text_field!r} is not a column of {cfg.name!r}; "
@@ -200,11 +250,7 @@ def load_prompts(cfg: DatasetConfig, tokenizer: PreTrainedTokenizerBase, prompt_
     """Prompts = the first ``prompt_tokens`` tokens of each document with at least
     ``prompt_tokens + new_tokens`` tokens; the next ``new_tokens`` are the human reference.
     ``limit`` keeps the first eligible documents; shard i of n takes every n-th of those."""
-    if not 0 <= cfg.shard < cfg.num_shards:
-        raise ValueError(f"dataset.shard={cfg.shard} must be in [0, dataset.num_shards="
-                         f"{cfg.num_shards}); shards are numbered from 0.")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise ValueError(f"dataset.limit={cfg.limit} must be >= 1 (or null for every document).")
+    check_dataset(cfg)
     unsharded = tuple(sorted((k, v) for k, v in vars(cfg).items()
                              if k not in ("shard", "num_shards")))  # one cache entry per shard set
     prompts = _eligible_prompts(unsharded, tokenizer, prompt_tokens, new_tokens, cfg.limit)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -41,7 +42,7 @@ class ModelConfig:
     """``conf/model/*.yaml``."""
 
     name: str = "smollm2"
-    source: str = "bundled:smollm2"
+    source: str = MISSING  # required: a default would silently stand in for a forgotten one
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU; or float32 | bfloat16 | float16
     device: str = "auto"  # auto: cuda when available
     eos_token_ids: list[int] | None = None  # None: the tokenizer's eos token

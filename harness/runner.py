@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -34,12 +35,12 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from harness import identity
-from harness.data import DatasetConfig, Prompt, load_prompts
+from harness.data import DatasetConfig, Prompt, check_dataset, load_prompts
 from harness.models import LoadedModel, ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
 from harness.sampling import SAMPLER_VERSION, KeyedSampler, row_keys
 from harness.selectors import Selector, StepDiagnostics, make_selector
-from harness.tracking import WandbConfig, wandb_run
+from harness.tracking import RUN_ID, TIMINGS, WandbConfig, check_wandb, publish_job
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class JobError(ValueError):
 
 
 class Terminated(Exception):
-    """SIGTERM (SLURM's preemption or time limit) arrived; finished batches are written."""
+    """SIGTERM (SLURM's preemption or time limit) or SIGINT (Ctrl-C) arrived; finished batches
+    are written."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by signal {signal.Signals(signum).name}")
@@ -101,8 +103,29 @@ def shared_settings(cfg: DictConfig) -> str:
     return identity.shared_settings(OmegaConf.to_container(cfg, resolve=True))
 
 
+# What to write for a required key that is missing (the config groups that leave it ???).
+REQUIRED_EXAMPLES = {
+    "model.source": "model=hub model.source=gpt2-large (a hub name) or model.source=/path/to/model",
+    "dataset.data_files": "dataset=local dataset.data_files=my.jsonl (dataset.path=text|parquet "
+                          "for other formats)",
+}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def validate(cfg: DictConfig) -> Selector:
-    """Every check that needs no model, so bad input fails in seconds."""
+    """Every check that needs no model and no dataset, so bad input fails in seconds, before
+    anything loads or any dir is touched."""
+    for key, example in REQUIRED_EXAMPLES.items():  # before model.name: ${model.source}
+        group, leaf = key.split(".")
+        if OmegaConf.is_missing(cfg[group], leaf):
+            raise JobError(f"{key} is required and was not given; e.g. {example}.")
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        raise JobError(f"{key} is required and was not given; set {key}=...")
+    try:
+        check_wandb(OmegaConf.to_object(cfg.wandb))
+        check_dataset(OmegaConf.to_object(cfg.dataset))
+    except ValueError as error:
+        raise JobError(str(error)) from None
     gen = cfg.generation
     for key in ("prompt_tokens", "max_new_tokens", "batch_size"):
         if gen[key] < 1:
@@ -111,6 +134,20 @@ def validate(cfg: DictConfig) -> Selector:
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise JobError(f"generation.seeds={seeds} must be a non-empty list of distinct integers "
                        ">= 0.")
+    if cfg.model.dtype not in DTYPES:
+        raise JobError(f"model.dtype={cfg.model.dtype!r} is not known; use {', '.join(DTYPES)}.")
+    try:
+        device = torch.device("cpu" if cfg.model.device == "auto" else cfg.model.device)
+    except RuntimeError:
+        raise JobError(f"model.device={cfg.model.device!r} is not a device; use auto, cpu, cuda "
+                       "or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise JobError(f"model.device={cfg.model.device!r} but no CUDA device is visible here; "
+                       "use model.device=auto or cpu.")
+    source = str(cfg.model.source)
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
+        raise JobError(f"model.source={source!r} could not be loaded: no such folder; give a "
+                       "local model folder or a hub name.")
     try:
         return build_selector(cfg.selector)
     except ValueError as error:
@@ -243,19 +280,26 @@ class StopOnSignal(StoppingCriteria):
                           device=input_ids.device)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption and Ctrl-C: both finish writing
+
+
 @contextmanager
 def sigterm_stops(stop: StopOnSignal) -> Iterator[None]:
-    """SIGTERM sets ``stop.signum`` (from the main thread only, where Python delivers it)."""
+    """SIGTERM or SIGINT sets ``stop.signum`` (from the main thread only, where Python
+    delivers signals)."""
+    def handler(signum: int, frame: Any) -> None:
+        stop.signum = signum
+
     try:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(
-            stop, "signum", signum))
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals to it
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def generate_rows(loaded: LoadedModel, rows: list[Row], gen: GenerateConfig,
@@ -380,43 +424,67 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
 PREGENERATED: dict[Path, Job] = {}
 
 
-def pregenerate(jobs: list[tuple[Path, DictConfig]]) -> None:
-    """The fused launcher's first pass: generate the records of ``jobs`` (dir, config), one
-    batched generation per group of shared settings. A job with a bad value is left to its
-    own run, which reports it; a group that stops (a held lock, ...) is logged and its jobs
-    then run one by one, resuming whatever it wrote."""
-    groups: dict[str, list[tuple[DictConfig, Path, str]]] = {}
-    for job_dir, cfg in jobs:
+def pregenerate(jobs: list[tuple[Path, DictConfig, dict[str, str]]]) -> None:
+    """The fused launcher's first pass: generate the records of ``jobs`` (dir, config, the
+    job's ``hydra.job.env_set``), one batched generation per group of shared settings, under
+    the group's env. A job with a bad value is left to its own run, which reports it; so are
+    jobs that share a dir, and the jobs of a group whose env values differ (each then runs under
+    its own env); a group that stops (a held lock, ...) is logged and its jobs then run one by
+    one, resuming whatever it wrote."""
+    dirs = Counter(job_dir.resolve() for job_dir, _, _ in jobs)
+    groups: dict[str, list[tuple[DictConfig, Path, str, dict[str, str]]]] = {}
+    for job_dir, cfg, env in jobs:
         try:
             validate(cfg)
         except JobError:
             continue
-        groups.setdefault(shared_settings(cfg), []).append((cfg, job_dir, job_dir.name))
-    for specs in groups.values():
+        if dirs[job_dir.resolve()] > 1:
+            log.warning("%d jobs share the dir %s: they run one by one.", dirs[job_dir.resolve()],
+                        job_dir)
+            continue
+        groups.setdefault(shared_settings(cfg), []).append((cfg, job_dir, job_dir.name, env))
+    for members in groups.values():
+        envs = {json.dumps(env, sort_keys=True) for *_, env in members}
+        if len(envs) > 1:
+            log.warning("%d jobs that could run fused set different hydra.job.env_set values "
+                        "(%s): they run one by one, each under its own.", len(members),
+                        " vs ".join(sorted(envs)))
+            continue
         try:
-            for job in generate_jobs(specs):
-                PREGENERATED[job.dir.resolve()] = job
+            with environment(members[0][3]):
+                for job in generate_jobs([spec[:3] for spec in members]):
+                    PREGENERATED[job.dir.resolve()] = job
         except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as error:
             log.warning("fused generation of %d jobs stopped: %s They run one by one now.",
-                        len(specs), error)
+                        len(members), error)
 
 
-def track(job: Job, wandb_dir: Path) -> None:
-    """The job's W&B run: config, timing and a table of sample generations. Never fails the
-    job (see ``harness.tracking``)."""
-    cfg = job.cfg
-    with wandb_run(OmegaConf.to_object(cfg.wandb), wandb_dir,
-                   config=OmegaConf.to_container(cfg, resolve=True), job_type="generate",
-                   group=cfg.sweep, name=job.name,
-                   tags=[job.selector.name, cfg.model.name, cfg.dataset.name]) as run:
-        if run is None:
-            return
-        (job.dir / "wandb_run_id").write_text(run.id)
-        run.summary_update(job.timing)
-        samples = job.written[: cfg.generation.samples_to_log]
-        if samples:
-            columns = ["prompt_id", "seed", "prompt", "continuation", "reference"]
-            run.log_table("samples", columns, [[s[c] for c in columns] for s in samples])
+@contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``env`` set, as Hydra's ``run_job`` sets ``hydra.job.env_set``."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update({key: str(value) for key, value in env.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def track(job: Job, wandb_dir: Path | None = None) -> None:
+    """The configuration's W&B run (``harness.tracking.publish_job``): config, timing of every
+    invocation, a table of sample generations. An invocation that wrote nothing new leaves an
+    existing run as it is. Never fails the job (see ``harness.tracking``)."""
+    if job.written:
+        with (job.dir / TIMINGS).open("a") as history:
+            history.write(json.dumps(job.timing) + "\n")
+    elif (job.dir / RUN_ID).exists():
+        return
+    publish_job(OmegaConf.to_object(job.cfg.wandb), job.dir, wandb_dir,
+                invocation=job.timing if job.written else None)
 
 
 def run_job(cfg: DictConfig, job_dir: Path, wandb_dir: Path | None = None,
@@ -425,5 +493,5 @@ def run_job(cfg: DictConfig, job_dir: Path, wandb_dir: Path | None = None,
     job = PREGENERATED.pop(job_dir.resolve(), None)
     if job is None:
         job = generate_jobs([(cfg, job_dir, name or job_dir.name)])[0]
-    track(job, wandb_dir or job_dir)
+    track(job, wandb_dir)
     return job_dir / RECORDS

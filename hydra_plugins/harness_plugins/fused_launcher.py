@@ -2,10 +2,12 @@
 settings run as one batched generation (``harness.runner.generate_jobs``), then each job goes
 through Hydra's own ``run_job`` as with the basic launcher: its logging, ``.hydra/`` files,
 callbacks, ``job.yaml``/``timing.json`` and W&B run stay per job, and a job the fused pass could
-not generate (a bad value, a held lock) runs, and fails, on its own with its own message."""
+not generate (a bad value, a held lock) runs, and fails, on its own with its own message, while
+the other jobs go on (``hydra/sweeper=harness`` sums the failures up). Each group generates
+under its jobs' ``hydra.job.env_set``, as ``run_job`` would set it."""
 
-import copy
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,9 +15,10 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import open_dict
+
+from hydra_plugins.harness_plugins.sweeper import job_dir_and_config
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +30,6 @@ class FusedLauncherConf:
 
 ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLauncherConf,
                              provider="decoding-harness")
-
-
-def job_dir_and_config(config: DictConfig) -> tuple[Path, DictConfig]:
-    """The dir Hydra's ``run_job`` will give this sweep job, and the job's own config."""
-    saved = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(config)
-    try:
-        job_dir = Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).absolute()
-    finally:
-        if saved is not None:
-            HydraConfig.instance().set_config(saved)
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return job_dir, task
 
 
 class FusedLauncher(BasicLauncher):
@@ -60,12 +48,17 @@ class FusedLauncher(BasicLauncher):
             configs.append(config)
         from harness.runner import Terminated, pregenerate  # torch: only once jobs are launched
 
+        jobs = [(*job_dir_and_config(c), dict(c.hydra.job.env_set)) for c in configs]
         try:
-            pregenerate([job_dir_and_config(c) for c in configs])
+            pregenerate(jobs)
         except Terminated as stop:
             log.error("fused generation %s: finished batches are written and every lock is "
                       "released; re-running the same command resumes.", stop)
             sys.exit(128 + stop.signum)
+        except KeyboardInterrupt:
+            log.error("fused generation interrupted: records written so far are kept; "
+                      "re-running the same command resumes.")
+            sys.exit(128 + signal.SIGINT)
         log.info("Launching %d jobs locally (generated fused)", len(configs))
         runs = []
         for config in configs:

@@ -12,6 +12,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 
+from hydra_plugins.harness_plugins.sweeper import HarnessSweeper, MultirunError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,12 +28,17 @@ ConfigStore.instance().store(group="hydra/sweeper", name="union", node=UnionSwee
                              provider="decoding-harness")
 
 
-class UnionSweeper(BasicSweeper):
+class UnionSweeper(HarnessSweeper):
+    """Failed jobs and shared dirs are handled as ``HarnessSweeper`` does."""
+
     def __init__(self, sweep_file: str, max_batch_size: int | None = None) -> None:
-        from harness.sweep import load_sweep  # torch-free
+        from harness.sweep import SweepFileError, load_sweep  # torch-free
 
         super().__init__(max_batch_size=max_batch_size)
-        self.grids = load_sweep(sweep_file)
+        try:
+            self.grids = load_sweep(sweep_file)
+        except SweepFileError as error:
+            raise MultirunError(str(error)) from None
 
     def split_arguments(self, overrides: list[Override],
                         max_batch_size: int | None) -> list[list[list[str]]]:
