@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,3 +100,168 @@ def test_fused_submitit_local_writes_what_an_in_process_run_writes(tmp_path):
     again = cli(*args, "hydra/launcher=fused_submitit_local", "hydra.launcher.shards=2",
                 "hydra.sweep.dir=local", cwd=tmp_path)
     assert again.returncode == 0 and "0 tasks to run, 2 complete" in again.stdout + again.stderr
+
+
+# --- against a real single-node SLURM (tests/slurm/cluster.sh) --------------------------------
+# Tiny model, 6 prompts, 2 seeds; the node has no GPU, so each task asks 1 CPU and 4 GB.
+COMMON = ["model=tiny", "dataset=tiny", "wandb=disabled", "generation.max_new_tokens=12",
+          "dataset.limit=6", "generation.seeds=[0,1]"]
+SLURM = ["hydra/launcher=fused_slurm", "hydra.launcher.shards=2",
+         "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=4"]
+TWO_JOBS = ["harness", "-m", "selector=top_k,top_p", *COMMON]  # the sweep's top_k and top_p
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("slurmctld") is None or shutil.which("slurmdbd") is None:
+        pytest.skip("slurm-wlm/slurmdbd not installed: `bash .ci/system-deps` installs it (with "
+                    "mariadb-server and munge) to run the SLURM tests")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs its daemons as root (SlurmUser=root): run as root")
+    state = Path(tempfile.mkdtemp(prefix="harness-slurm-"))  # pytest's tmp dirs are 0700:
+    state.chmod(0o755)  # munged runs as the munge user and must reach its files
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True,
+                             text=True)
+    assert started.returncode == 0, started.stderr
+    os.environ["SLURM_CONF"] = ENV["SLURM_CONF"] = str(state / "slurm.conf")
+    yield state
+    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=True)
+    shutil.rmtree(state)
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, tmp_path_factory):
+    """The seed sweep generated in process by the fused launcher."""
+    out = tmp_path_factory.mktemp("reference")
+    done = cli("harness.sweep", "seed_comparison", *COMMON, "generation.batch_size=8",
+               "hydra.sweep.dir=fused", cwd=out)
+    assert done.returncode == 0, done.stderr
+    return out / "fused"
+
+
+def texts(sweep: Path, method: str) -> dict:
+    """(prompt_id, seed) -> text of the one job dir of ``method``; asserts each is there once."""
+    (job,) = sweep.glob(f"{method},*")
+    records = [json.loads(line) for line in lines(job / RECORDS)]
+    keys = [(r["prompt_id"], r["seed"]) for r in records]
+    assert len(keys) == len(set(keys)), f"{job}: a record written twice"
+    return {k: (r["continuation"], r["num_tokens"], r["finish_reason"])
+            for k, r in zip(keys, records, strict=True)}
+
+
+def launch(cwd: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    log = cwd / "launch.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=ENV, stdout=out,
+                                   stderr=subprocess.STDOUT, text=True)
+    return process, log
+
+
+def wait_for(condition, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def task_of_shard(log: Path, shard: int) -> str | None:
+    for line in log.read_text().splitlines():
+        if f": shard {shard} of 2 of" in line and " task " in line:
+            return line.split(" task ")[1].split(":")[0]
+    return None
+
+
+def first_records(sweep: Path, shard: int) -> bool:
+    """Whether shard ``shard`` of the top_k job has written a batch (its task is mid-run)."""
+    return any(p.stat().st_size for p in sweep.glob(f"top_k,*/shards/{shard}-of-2/{RECORDS}"))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_the_seed_sweep_runs_as_two_array_tasks_with_the_in_process_records(
+        cluster, reference, tmp_path):
+    done = cli("harness.sweep", "seed_comparison", *COMMON, "generation.batch_size=8", *SLURM,
+               "hydra.sweep.dir=slurm", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "11 jobs in 1 groups x 2 shards: 2 tasks to run" in done.stdout + done.stderr
+    tasks = sorted(p.name for p in (tmp_path / "slurm" / ".submitit").glob("[0-9]*"))
+    array = tasks[0].split("_")[0]
+    assert tasks == [f"{array}_0", f"{array}_1"]  # one job array of two tasks, not 22 jobs
+    jobs = sorted(p.parent.name for p in reference.glob(f"*/{RECORDS}"))
+    assert len(jobs) == 11
+    for job in jobs:
+        mine, theirs = tmp_path / "slurm" / job, reference / job
+        assert (mine / RECORDS).read_bytes() == (theirs / RECORDS).read_bytes(), job
+        assert (mine / "job.yaml").read_text() == (theirs / "job.yaml").read_text(), job
+        assert (mine / ".hydra" / "config.yaml").exists() and not (mine / "shards").exists()
+        timing = json.loads((mine / "timing.json").read_text())
+        assert [t["task"] for t in sorted(timing["tasks"], key=lambda t: t["shard"])] == tasks
+    from analysis.__main__ import analyse, load_config
+
+    config = load_config(["metrics.coherence.scorer=tiny", "metrics.mauve.kmeans_seeds=1",
+                          "wandb=disabled"])
+    mine, theirs = analyse([tmp_path / "slurm"], config), analyse([reference], config)
+    assert mine.equals(theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_task_preempted_by_usr2_is_requeued_and_resumes(cluster, reference, tmp_path):
+    sweep = tmp_path / "slurm"
+    process, log = launch(tmp_path, *TWO_JOBS, "generation.batch_size=1", *SLURM,
+                          f"hydra.sweep.dir={sweep}")
+    wait_for(lambda: first_records(sweep, 1) or process.poll() is not None)
+    task = task_of_shard(log, 1)
+    subprocess.run(["scancel", "--signal=USR2", task], check=True)  # SLURM's pre-timeout signal
+    assert process.wait(timeout=240) == 0, log.read_text()
+    assert "Requeued job" in (sweep / ".submitit" / task / f"{task}_0_log.out").read_text()
+    history = subprocess.run(["sacct", "-D", "-n", "-X", "-j", task, "-o", "State"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert history == ["REQUEUED", "COMPLETED"]
+    for method in ("top_k", "top_p"):
+        assert texts(sweep, method) == texts(reference, method)  # every record exactly once
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_cancelled_task_alone_is_resubmitted_by_the_same_command(cluster, reference, tmp_path):
+    command = [*TWO_JOBS, "generation.batch_size=1", *SLURM, "hydra.sweep.dir=slurm"]
+    sweep = tmp_path / "slurm"
+    process, log = launch(tmp_path, *command)
+    wait_for(lambda: first_records(sweep, 1) or process.poll() is not None)
+    cancelled = task_of_shard(log, 1)
+    subprocess.run(["scancel", cancelled], check=True)
+    assert process.wait(timeout=240) != 0
+    output = log.read_text()
+    assert f"task {cancelled} (shard 1 of 2 of 2 jobs" in output
+    assert "ended without a result" in output and "re-run the same command" in output
+    before = set((sweep / ".submitit").glob("[0-9]*"))
+    again = cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 tasks to run, 1 complete" in again.stdout + again.stderr
+    assert len(set((sweep / ".submitit").glob("[0-9]*")) - before) == 1  # the missing task
+    for method in ("top_k", "top_p"):
+        assert texts(sweep, method) == texts(reference, method)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_failed_task_reports_its_own_error_and_the_other_keeps_its_records(cluster, tmp_path):
+    sweep = tmp_path / "slurm"
+    # shard 1 of top_p already holds a record of another config: its task must refuse it
+    stale = sweep / "top_p,dataset=tiny,generation.max_new_tokens=12,model=tiny" / "shards"
+    (stale / "1-of-2").mkdir(parents=True)
+    (stale / "1-of-2" / RECORDS).write_text(json.dumps({
+        "prompt_id": 1, "seed": 0, "prompt": "p", "continuation": "c", "reference": "r",
+        "num_tokens": 1, "finish_reason": "length", "config_hash": "0ther0c0nf1g"}) + "\n")
+    done = cli(*TWO_JOBS, "generation.batch_size=4", *SLURM, f"hydra.sweep.dir={sweep}",
+               cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "(shard 1 of 2 of 2 jobs" in output and "holds records of a different config" in output
+    assert "re-run the same command to resume it" in output and "its log: " in output
+    assert output.count("failed (SLURM state") == 1  # shard 0's task did not fail
+    for job in ("top_k", "top_p"):
+        (shard0,) = sweep.glob(f"{job},*/shards/0-of-2")
+        assert len(lines(shard0 / RECORDS)) == 6  # 3 prompts x 2 seeds: kept

@@ -57,6 +57,10 @@ start() {
   if [ -f "$dir/pids" ]; then echo "cluster.sh: $dir already holds a cluster; stop it first" >&2
     exit 1; fi
   mkdir -p "$dir"/{log,munge,munge-socket,mysql,spool,state}
+  chmod 755 "$dir" "$dir/log"
+  setpriv --reuid=munge --regid=munge --clear-groups test -x "$dir" || {
+    echo "cluster.sh: the munge user cannot reach $dir; use a dir whose parents are open to" \
+         "all (mktemp -d, chmod 755)" >&2; exit 1; }
   trap 'stop' ERR
   local host cpus mem
   host=$(hostname -s)
@@ -67,7 +71,7 @@ start() {
   dd if=/dev/urandom of="$dir/munge/munge.key" bs=1024 count=1 status=none
   chmod 700 "$dir/munge"; chmod 400 "$dir/munge/munge.key"
   chown -R munge:munge "$dir/munge" "$dir/munge-socket"
-  chmod 755 "$dir" "$dir/log" "$dir/munge-socket"  # munged wants its socket's dir open to all
+  chmod 755 "$dir/munge-socket"  # munged wants its socket's dir open to all
   local socket=$dir/munge-socket/munge.socket
   start_daemon munged setpriv --reuid=munge --regid=munge --init-groups \
     munged --foreground --socket="$socket" --key-file="$dir/munge/munge.key" \
