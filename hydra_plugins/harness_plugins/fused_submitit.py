@@ -196,7 +196,7 @@ class FusedSubmititLauncher(BaseSubmititLauncher):
     def run(self, tasks: list[ShardTask]) -> tuple[dict[str, list[dict]], dict[Path, str]]:
         """Submit ``tasks`` (on SLURM: one job array) and wait for all of them. Returns each
         job dir's task timings, and for the job dirs of failed tasks what went wrong."""
-        from submitit.core.utils import UncompletedJobError
+        from submitit.core.utils import FailedJobError
 
         timings: dict[str, list[dict]] = {}
         failed: dict[Path, str] = {}
@@ -213,13 +213,13 @@ class FusedSubmititLauncher(BaseSubmititLauncher):
                 for job_dir, figures in job.result().items():
                     timings.setdefault(job_dir, []).append(figures)
             except Exception as error:  # submitit's FailedJobError or UncompletedJobError
-                if isinstance(error, UncompletedJobError):  # killed, cancelled, timed out
-                    reason = "it ended without a result"
-                else:  # the last line of the task's traceback (between submitit's rulers)
-                    parts = str(error).split("-" * 22)
+                if isinstance(error, FailedJobError):  # the last line of the task's traceback
+                    parts = str(error).split("-" * 22)  # (between submitit's rulers)
                     reason = (parts[1] if len(parts) > 2 else str(error)).strip().splitlines()[-1]
-                message = (f"task {job.job_id} ({task}) failed (SLURM state {job.state}): "
-                           f"{reason}\n  its log: {job.paths.stderr}\n  the other tasks' "
+                else:  # UncompletedJobError: killed, cancelled, timed out
+                    reason = f"it ended without a result (state {job.state})"
+                message = (f"task {job.job_id} ({task}) failed: {reason}\n"
+                           f"  its log: {job.paths.stderr}\n  the other tasks' "
                            "records are kept; re-run the same command to resume it:\n  "
                            f"{resume}")
                 log.error(message)
