@@ -352,6 +352,13 @@ def append(job: Job, out: Any, records: list[dict]) -> None:
     job.new_tokens += sum(r["num_tokens"] for r in records)
 
 
+def write_job_yaml(job: Job, prompts: int) -> None:
+    """``job.yaml``: the resolved config, its hash, and the prompts and seeds it runs."""
+    (job.dir / JOB).write_text(OmegaConf.to_yaml({
+        **OmegaConf.to_container(job.cfg, resolve=True), "config_hash": job.digest,
+        "sampler": SAMPLER_VERSION, "prompts": prompts, "seeds_run": job.seeds}))
+
+
 def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
     """Generate (or finish generating) the records of every job of ``specs`` (config, dir,
     name) as one batched generation; the jobs must share ``shared_settings``. Every dir is
@@ -383,9 +390,7 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
         prompts = load_prompts(OmegaConf.to_object(first.dataset), loaded.tokenizer,
                                gen.prompt_tokens, gen.max_new_tokens)
         for job in jobs:
-            (job.dir / JOB).write_text(OmegaConf.to_yaml({
-                **OmegaConf.to_container(job.cfg, resolve=True), "config_hash": job.digest,
-                "sampler": SAMPLER_VERSION, "prompts": len(prompts), "seeds_run": job.seeds}))
+            write_job_yaml(job, len(prompts))
         rows = [Row(job, prompt, seed) for job in jobs for seed in job.seeds for prompt in prompts
                 if (prompt.prompt_id, seed) not in job.done]
         total = sum(len(job.seeds) for job in jobs) * len(prompts)

@@ -1,0 +1,143 @@
+"""Shards of a job dir: how the cluster launchers (``hydra/launcher=fused_slurm``,
+``fused_submitit_local``) split a group of jobs over tasks, and how each job dir becomes whole.
+
+Shard i of n of a job writes into ``<job dir>/shards/<i>-of-<n>/``, a job dir of its own: the
+job's config with its prompts cut to shard i of n (``dataset.shard``/``num_shards``), with its
+own ``.lock``, ``generations.jsonl``, ``job.yaml`` and ``timing.json``. So tasks never share a
+lock or a file, a requeued or resubmitted task resumes its own dir with the runner's own
+resume, and while a study runs the analysis already reads the finished shards with no flag
+(it merges dirs of one configuration; shards are not part of that identity).
+
+Once every shard of a job is complete, ``merge`` writes its records into the job dir, in the
+order and with the config hash one in-process run writes, and removes the shard dirs: the job
+dir is then the one an in-process run leaves. A record is a pure function of (config, prompt,
+seed), so the texts are those of the in-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, open_dict
+
+from harness.records import JOB, RECORDS, TIMING, parse, rewrite
+from harness.runner import (
+    Job,
+    config_hash,
+    generate_jobs,
+    job_lock,
+    read_records,
+    validate,
+    write_job_yaml,
+)
+
+SHARDS = "shards"
+SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
+
+
+def shard_dir(job_dir: Path, shard: int, shards: int) -> Path:
+    return job_dir / SHARDS / f"{shard}-of-{shards}"
+
+
+def shard_config(cfg: DictConfig, shard: int, shards: int) -> DictConfig:
+    """``cfg`` on shard ``shard`` of ``shards`` of its prompts. A job already on shard s of m
+    (``dataset.shard``) is cut further: shard i of n of shard s of m is shard s + m·i of m·n."""
+    out = cfg.copy()
+    with open_dict(out):
+        out.dataset.shard = cfg.dataset.shard + cfg.dataset.num_shards * shard
+        out.dataset.num_shards = cfg.dataset.num_shards * shards
+    return out
+
+
+def is_complete(cfg: DictConfig, job_dir: Path) -> bool:
+    """Whether ``job_dir`` holds every record of ``cfg`` (read from disk, no model): its
+    ``job.yaml`` is of this config, prompt limit and seeds, and it has a record per prompt and
+    seed it names."""
+    try:
+        meta = yaml.safe_load((job_dir / JOB).read_text())
+    except FileNotFoundError:
+        return False
+    if (meta.get("config_hash") != config_hash(cfg)
+            or meta["dataset"]["limit"] != cfg.dataset.limit
+            or meta["generation"]["seeds"] != list(cfg.generation.seeds)):
+        return False
+    seeds = set(meta["seeds_run"])
+    pairs = {(r["prompt_id"], r["seed"]) for r in parse(job_dir / RECORDS).records
+             if r["seed"] in seeds and r["config_hash"] == meta["config_hash"]}
+    return len(pairs) == meta["prompts"] * len(seeds)
+
+
+def shard_is_complete(cfg: DictConfig, job_dir: Path, shard: int, shards: int) -> bool:
+    return is_complete(cfg, job_dir) or is_complete(shard_config(cfg, shard, shards),
+                                                    shard_dir(job_dir, shard, shards))
+
+
+def generate_shard(specs: list[tuple[DictConfig, Path]], shard: int,
+                   shards: int) -> dict[str, dict]:
+    """One task: generate (or finish) shard ``shard`` of ``shards`` of every job of
+    ``specs`` (config, job dir; one group of shared settings) as one batched generation.
+    Returns each job dir's timing of this run."""
+    jobs = generate_jobs([(shard_config(cfg, shard, shards), shard_dir(job_dir, shard, shards),
+                           job_dir.name) for cfg, job_dir in specs])
+    return {str(job.dir.parent.parent): job.timing for job in jobs}
+
+
+def merge(cfg: DictConfig, job_dir: Path, shards: int, tasks: list[dict]) -> Job:
+    """Write the records of ``cfg``'s shard dirs into ``job_dir`` (next to those already
+    there; each (prompt, seed) once, in the order of an in-process run, with the job's config
+    hash), its ``job.yaml`` and its ``timing.json`` (``tasks``: the timing of each task that
+    ran for it in this launch), then remove the shard dirs. Every shard must be complete.
+    Returns the job as the runner's ``run_job`` tracks it. A kill at any point leaves the
+    records readable and resumable: the shard dirs go only after the merged file is written."""
+    selector = validate(cfg)
+    digest = config_hash(cfg)
+    if is_complete(cfg, job_dir):
+        metas = [yaml.safe_load((job_dir / JOB).read_text())]
+    else:
+        metas = [yaml.safe_load((shard_dir(job_dir, i, shards) / JOB).read_text())
+                 for i in range(shards)]
+    seeds = metas[0]["seeds_run"]
+    dirs = sorted(d for d in (job_dir / SHARDS).glob("*-of-*") if SHARD_NAME.fullmatch(d.name))
+    with ExitStack() as stack:
+        for path in (job_dir, *dirs):
+            stack.enter_context(job_lock(path))
+        records = read_records(job_dir / RECORDS, digest)
+        new = []
+        for path in dirs:  # shard dirs of another number of shards too: none is lost
+            sharded = shard_config(cfg, *map(int, SHARD_NAME.fullmatch(path.name).groups()))
+            for key, record in read_records(path / RECORDS, config_hash(sharded)).items():
+                if key not in records:
+                    records[key] = {**record, "config_hash": digest}
+                    new.append(records[key])
+        if new:
+            order = {seed: i for i, seed in enumerate(seeds)}
+            rewrite(job_dir / RECORDS, sorted(records.values(), key=lambda r: (
+                order.get(r["seed"], len(order)), r["seed"], r["prompt_id"])))
+        job = Job(cfg, job_dir, job_dir.name, selector, digest, seeds, written=new,
+                  new_tokens=sum(r["num_tokens"] for r in new), timing=timing(tasks))
+        write_job_yaml(job, sum(meta["prompts"] for meta in metas))
+        (job_dir / TIMING).write_text(json.dumps(job.timing) + "\n")
+        for path in dirs:
+            shutil.rmtree(path)
+    if (job_dir / SHARDS).is_dir() and not any((job_dir / SHARDS).iterdir()):
+        (job_dir / SHARDS).rmdir()
+    return job
+
+
+def timing(tasks: list[dict]) -> dict:
+    """A job's ``timing.json`` over the tasks that generated it in this launch: the totals
+    under the keys of an in-process run (seconds summed over tasks, so ``tokens_per_s`` is
+    per task), and each task's own figures under ``tasks``."""
+    seconds = sum(t["generate_seconds"] for t in tasks)
+    fused = sum(t["fused_new_tokens"] for t in tasks)
+    return {"generate_seconds": seconds, "new_tokens": sum(t["new_tokens"] for t in tasks),
+            "records": sum(t["records"] for t in tasks),
+            "fused_jobs": max((t["fused_jobs"] for t in tasks), default=0),
+            "fused_new_tokens": fused,
+            "rows_per_forward": max((t["rows_per_forward"] for t in tasks), default=0),
+            "tokens_per_s": fused / seconds if seconds else 0.0, "tasks": tasks}

@@ -1,0 +1,279 @@
+"""The cluster launchers (``hydra/launcher=fused_slurm``, ``fused_submitit_local``): shard
+layout and merge on disk, a local run, and the SLURM integration tests against the single-node
+cluster of tests/slurm/cluster.sh (``-m slurm``; ``make test-slow`` and CI run them)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from harness.records import RECORDS
+from harness.runner import run_job
+from harness.shards import is_complete, merge, shard_config, shard_dir
+from tests.conftest import ROOT, TINY, compose
+
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True,
+                          text=True, env=ENV)
+
+
+@given(st.integers(0, 4), st.integers(1, 5), st.integers(1, 5), st.data())
+def test_a_shard_of_a_shard_is_one_shard_of_the_prompts(s, m, n, data):
+    s = s % m
+    i = data.draw(st.integers(0, n - 1))
+    prompts = list(range(50))
+    cfg = shard_config(OmegaConf.create({"dataset": {"shard": s, "num_shards": m}}), i, n)
+    assert prompts[cfg.dataset.shard :: cfg.dataset.num_shards] == prompts[s::m][i::n]
+
+
+def test_shards_merge_into_the_in_process_job_dir(tmp_path):
+    """Shard dirs written in any order (and a stale shard layout) merge into the file one
+    in-process run writes: same bytes, each (prompt, seed) once, shard dirs gone."""
+    overrides = (*TINY, "dataset.limit=5", "generation.seeds=[1,0]", "selector=top_k")
+    cfg = compose(*overrides)
+    alone = tmp_path / "alone"
+    run_job(cfg, alone)
+    job = tmp_path / "job"
+    assert not is_complete(cfg, job)
+    for shard in (2, 0):  # shard 1 of 3 is missing
+        run_job(shard_config(cfg, shard, 3), shard_dir(job, shard, 3))
+    run_job(shard_config(cfg, 1, 2), shard_dir(job, 1, 2))  # a stale layout: also merged
+    assert not is_complete(cfg, job)
+    run_job(shard_config(cfg, 1, 3), shard_dir(job, 1, 3))
+    merged = merge(cfg, job, 3, [])
+    assert (job / RECORDS).read_bytes() == (alone / RECORDS).read_bytes()
+    assert (job / "job.yaml").read_text() == (alone / "job.yaml").read_text()
+    assert is_complete(cfg, job) and not (job / "shards").exists()
+    assert len(merged.written) == 10 and merged.timing["records"] == 0
+    again = merge(cfg, job, 3, [])  # nothing left in shards: nothing rewritten
+    assert again.written == [] and (job / RECORDS).read_bytes() == (alone / RECORDS).read_bytes()
+
+
+def test_a_shard_dir_is_complete_only_for_its_limit_and_seeds(tmp_path):
+    cfg = compose(*TINY, "dataset.limit=4", "generation.seeds=[0]", "selector=top_k")
+    run_job(shard_config(cfg, 0, 2), shard_dir(tmp_path, 0, 2))
+    assert is_complete(shard_config(cfg, 0, 2), shard_dir(tmp_path, 0, 2))
+    for other in ("dataset.limit=6", "generation.seeds=[0,1]", "generation.max_new_tokens=5"):
+        grown = compose(*TINY, "dataset.limit=4", "generation.seeds=[0]", "selector=top_k",
+                        other)
+        assert not is_complete(shard_config(grown, 0, 2), shard_dir(tmp_path, 0, 2)), other
+    lines_ = lines(shard_dir(tmp_path, 0, 2) / RECORDS)
+    (shard_dir(tmp_path, 0, 2) / RECORDS).write_text("\n".join(lines_[:-1]) + "\n")
+    assert not is_complete(shard_config(cfg, 0, 2), shard_dir(tmp_path, 0, 2))
+
+
+@pytest.mark.slow
+def test_fused_submitit_local_writes_what_an_in_process_run_writes(tmp_path):
+    args = ["harness", "-m", *TINY, "dataset.limit=4", "generation.seeds=[0]",
+            "selector=top_k,top_p"]
+    done = cli(*args, "hydra/launcher=fused_submitit_local", "hydra.launcher.shards=2",
+               "hydra.sweep.dir=local", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "2 tasks to run" in done.stdout + done.stderr
+    fused = cli(*args, "hydra/launcher=fused", "hydra.sweep.dir=fused", cwd=tmp_path)
+    assert fused.returncode == 0, fused.stderr
+    for job in (p.parent for p in (tmp_path / "fused").glob(f"*/{RECORDS}")):
+        local = tmp_path / "local" / job.name
+        assert (local / RECORDS).read_bytes() == (job / RECORDS).read_bytes()
+        assert (local / ".hydra" / "overrides.yaml").exists()
+        assert not (local / "shards").exists()
+        timing = json.loads((local / "timing.json").read_text())
+        assert sorted(t["shard"] for t in timing["tasks"]) == [0, 1]
+        assert timing["records"] == 4 == sum(t["records"] for t in timing["tasks"])
+    again = cli(*args, "hydra/launcher=fused_submitit_local", "hydra.launcher.shards=2",
+                "hydra.sweep.dir=local", cwd=tmp_path)
+    assert again.returncode == 0 and "0 tasks to run, 2 complete" in again.stdout + again.stderr
+
+
+# --- against a real single-node SLURM (tests/slurm/cluster.sh) --------------------------------
+# Tiny model, 2 seeds; the node has no GPU, so each task asks 1 CPU and 4 GB.
+COMMON = ["model=tiny", "dataset=tiny", "wandb=disabled", "generation.max_new_tokens=12",
+          "generation.seeds=[0,1]"]
+SLURM = ["hydra/launcher=fused_slurm", "hydra.launcher.shards=2",
+         "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=4"]
+SWEEP = ["harness.sweep", "seed_comparison", *COMMON, "dataset.limit=6",
+         "generation.batch_size=8"]
+# The sweep's top_k and top_p on more prompts (records do not depend on the limit): one row per
+# forward gives a task long enough to be signalled mid-generation.
+TWO_JOBS = ["harness", "-m", "selector=top_k,top_p", *COMMON, "dataset.limit=30"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("slurmctld") is None or shutil.which("slurmdbd") is None:
+        pytest.skip("slurm-wlm/slurmdbd not installed: `bash .ci/system-deps` installs it (with "
+                    "mariadb-server and munge) to run the SLURM tests")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs its daemons as root (SlurmUser=root): run as root")
+    state = Path(tempfile.mkdtemp(prefix="harness-slurm-"))  # pytest's tmp dirs are 0700:
+    state.chmod(0o755)  # munged runs as the munge user and must reach its files
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True,
+                             text=True)
+    assert started.returncode == 0, started.stderr
+    os.environ["SLURM_CONF"] = ENV["SLURM_CONF"] = str(state / "slurm.conf")
+    yield state
+    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=True)
+    shutil.rmtree(state)
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, tmp_path_factory):
+    """The seed sweep generated in process by the fused launcher."""
+    out = tmp_path_factory.mktemp("reference")
+    done = cli(*SWEEP, "hydra.sweep.dir=fused", cwd=out)
+    assert done.returncode == 0, done.stderr
+    return out / "fused"
+
+
+def texts(sweep: Path, method: str) -> dict:
+    """(prompt_id, seed) -> text of the one job dir of ``method``; asserts each is there once."""
+    (job,) = sweep.glob(f"{method},*")
+    records = [json.loads(line) for line in lines(job / RECORDS)]
+    keys = [(r["prompt_id"], r["seed"]) for r in records]
+    assert len(keys) == len(set(keys)), f"{job}: a record written twice"
+    return {k: (r["continuation"], r["num_tokens"], r["finish_reason"])
+            for k, r in zip(keys, records, strict=True)}
+
+
+def assert_every_record_once(sweep: Path, reference: Path) -> None:
+    """30 prompts x 2 seeds for both jobs, each once, with the reference's texts on its 6."""
+    for method in ("top_k", "top_p"):
+        mine, theirs = texts(sweep, method), texts(reference, method)
+        assert len(mine) == 60 and {k: mine[k] for k in theirs} == theirs
+
+
+def launch(cwd: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    log = cwd / "launch.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=ENV, stdout=out,
+                                   stderr=subprocess.STDOUT, text=True)
+    return process, log
+
+
+def wait_for(condition, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def task_of_shard(log: Path, shard: int) -> str | None:
+    for line in log.read_text().splitlines():
+        if f": shard {shard} of 2 of" in line and " task " in line:
+            return line.split(" task ")[1].split(":")[0]
+    return None
+
+
+def submitted(sweep: Path) -> set[str]:
+    """The SLURM ids of the tasks submitted from ``sweep`` (array tasks: ``<array>_<i>``)."""
+    return {p.parent.name for p in (sweep / ".submitit").glob("*/*_submitted.pkl")}
+
+
+def first_records(sweep: Path, shard: int) -> bool:
+    """Whether shard ``shard`` of the top_k job has written a batch (its task is mid-run)."""
+    return any(p.stat().st_size for p in sweep.glob(f"top_k,*/shards/{shard}-of-2/{RECORDS}"))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_the_seed_sweep_runs_as_two_array_tasks_with_the_in_process_records(
+        cluster, reference, tmp_path):
+    done = cli(*SWEEP, *SLURM, "hydra.sweep.dir=slurm", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "11 jobs in 1 groups x 2 shards: 2 tasks to run" in done.stdout + done.stderr
+    tasks = sorted(submitted(tmp_path / "slurm"))
+    array = tasks[0].split("_")[0]
+    assert tasks == [f"{array}_0", f"{array}_1"]  # one job array of two tasks, not 22 jobs
+    jobs = sorted(p.parent.name for p in reference.glob(f"*/{RECORDS}"))
+    assert len(jobs) == 11
+    for job in jobs:
+        mine, theirs = tmp_path / "slurm" / job, reference / job
+        assert (mine / RECORDS).read_bytes() == (theirs / RECORDS).read_bytes(), job
+        assert (mine / "job.yaml").read_text() == (theirs / "job.yaml").read_text(), job
+        assert (mine / ".hydra" / "config.yaml").exists() and not (mine / "shards").exists()
+        timing = json.loads((mine / "timing.json").read_text())
+        assert [t["task"] for t in sorted(timing["tasks"], key=lambda t: t["shard"])] == tasks
+    from analysis.__main__ import analyse, load_config
+
+    config = load_config(["metrics.coherence.scorer=tiny", "metrics.mauve.kmeans_seeds=1",
+                          "wandb=disabled"])
+    mine, theirs = analyse([tmp_path / "slurm"], config), analyse([reference], config)
+    assert mine.equals(theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_task_preempted_by_usr2_is_requeued_and_resumes(cluster, reference, tmp_path):
+    sweep = tmp_path / "slurm"
+    process, log = launch(tmp_path, *TWO_JOBS, "generation.batch_size=1", *SLURM,
+                          f"hydra.sweep.dir={sweep}")
+    wait_for(lambda: first_records(sweep, 1) or process.poll() is not None)
+    task = task_of_shard(log, 1)
+    subprocess.run(["scancel", "--signal=USR2", task], check=True)  # SLURM's pre-timeout signal
+    assert process.wait(timeout=240) == 0, log.read_text()
+    assert "Requeued job" in (sweep / ".submitit" / task / f"{task}_0_log.out").read_text()
+    history = subprocess.run(["sacct", "-D", "-n", "-X", "-j", task, "-o", "State"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert history == ["REQUEUED", "COMPLETED"]
+    assert_every_record_once(sweep, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_cancelled_task_alone_is_resubmitted_by_the_same_command(cluster, reference, tmp_path):
+    command = [*TWO_JOBS, "generation.batch_size=1", *SLURM, "hydra.sweep.dir=slurm"]
+    sweep = tmp_path / "slurm"
+    process, log = launch(tmp_path, *command)
+    wait_for(lambda: first_records(sweep, 1) or process.poll() is not None)
+    cancelled = task_of_shard(log, 1)
+    subprocess.run(["scancel", cancelled], check=True)
+    assert process.wait(timeout=240) != 0
+    output = log.read_text()
+    assert f"task {cancelled} (shard 1 of 2 of 2 jobs" in output
+    assert "ended without a result" in output and "re-run the same command" in output
+    before = submitted(sweep)
+    again = cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 tasks to run, 1 complete" in again.stdout + again.stderr
+    assert len(submitted(sweep) - before) == 1  # the missing task alone
+    assert_every_record_once(sweep, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_failed_task_reports_its_own_error_and_the_other_keeps_its_records(cluster, tmp_path):
+    sweep = tmp_path / "slurm"
+    # shard 1 of top_p already holds a record of another config: its task must refuse it
+    stale = sweep / "top_p,dataset=tiny,generation.max_new_tokens=12,model=tiny" / "shards"
+    (stale / "1-of-2").mkdir(parents=True)
+    (stale / "1-of-2" / RECORDS).write_text(json.dumps({
+        "prompt_id": 1, "seed": 0, "prompt": "p", "continuation": "c", "reference": "r",
+        "num_tokens": 1, "finish_reason": "length", "config_hash": "0ther0c0nf1g"}) + "\n")
+    done = cli(*TWO_JOBS, "generation.batch_size=4", *SLURM, f"hydra.sweep.dir={sweep}",
+               cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "(shard 1 of 2 of 2 jobs" in output and "holds records of a different config" in output
+    assert "re-run the same command to resume it" in output and "its log: " in output
+    assert "(shard 0 of 2" not in output  # shard 0's task did not fail
+    for job in ("top_k", "top_p"):
+        (shard0,) = sweep.glob(f"{job},*/shards/0-of-2")
+        assert len(lines(shard0 / RECORDS)) == 30  # 15 prompts x 2 seeds: kept
