@@ -290,7 +290,8 @@ def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
                    resamples: Callable[[int], Resamples]) -> pd.DataFrame:
     """Every row of ``rows`` against row ``base`` on their common (prompt, seed) pairs:
     ``delta_<m>``, ``delta_<m>_lo``/``_hi``, ``p_<m>`` and ``se_<m>``, and ``delta_subset``
-    (1 where the pairs are fewer than either row's texts)."""
+    (1 where one of the two rows has texts outside those pairs: Δ is then not the difference
+    of the two cells)."""
     out: dict[int, dict[str, float]] = {}
     base_texts = texts[summary.loc[base, "config"]]
     base_metrics = set(base_texts.metrics)
@@ -301,7 +302,7 @@ def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
         sums_a, sums_b, pairs = common_sums(mine, base_texts)
         if not pairs:
             continue
-        out[i] = {"delta_subset": float(pairs < min(len(mine), len(base_texts)))}
+        out[i] = {"delta_subset": float(pairs < max(len(mine), len(base_texts)))}
         for m in [m for m in mine.metrics if m in base_metrics]:
             result = compare_sums(sums_a, sums_b, m, resamples(len(sums_a)), level)
             out[i].update({f"delta_{m}": result.delta, f"delta_{m}_lo": result.low,
