@@ -21,10 +21,12 @@ duplicated texts in a bootstrap resample bias it down.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,35 +267,34 @@ def planned_tests(summary: pd.DataFrame, metrics: list[str]) -> int:
     return compared * (len(metrics) + ("mauve" in summary))
 
 
-def cell_intervals(summary: pd.DataFrame, texts: dict[str, Texts],
-                   cfg: BootstrapConfig) -> pd.DataFrame:
+def cell_intervals(summary: pd.DataFrame, texts: dict[str, Texts], level: float,
+                   resamples: Callable[[int], Resamples]) -> pd.DataFrame:
     """``<metric>_lo``/``_hi`` of every row over all its texts (a prompt's seeds resampled
     together); one set of prompt resamples per reference group (whose rows share prompts)."""
     out: dict[int, dict[str, float]] = {}
     for _, rows in summary.groupby("references", sort=False):
         mine = {i: texts[summary.loc[i, "config"]] for i in rows.index
                 if summary.loc[i, "config"] in texts}
-        counts: dict[int, np.ndarray] = {}
         for i, row_texts in mine.items():
             _, sums = row_texts.by_prompt()
-            shared = counts.setdefault(len(sums), resample_counts(len(sums), cfg.samples,
-                                                                  cfg.seed))
+            counts = resamples(len(sums)).counts
             out[i] = {}
             for m in row_texts.metrics:
                 _, out[i][f"{m}_lo"], out[i][f"{m}_hi"] = bootstrap(
-                    parts_of(sums, m), PARTS[m][1], shared, cfg.level)
+                    parts_of(sums, m), PARTS[m][1], counts, level)
     return pd.DataFrame.from_dict(out, orient="index")
 
 
 def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
-                   rows: pd.Index, cfg: BootstrapConfig, samples_test: int) -> pd.DataFrame:
+                   rows: pd.Index, level: float,
+                   resamples: Callable[[int], Resamples]) -> pd.DataFrame:
     """Every row of ``rows`` against row ``base`` on their common (prompt, seed) pairs:
     ``delta_<m>``, ``delta_<m>_lo``/``_hi``, ``p_<m>`` and ``se_<m>``, and ``delta_subset``
-    (1 where the pairs are fewer than either row's texts)."""
+    (1 where one of the two rows has texts outside those pairs: Δ is then not the difference
+    of the two cells)."""
     out: dict[int, dict[str, float]] = {}
     base_texts = texts[summary.loc[base, "config"]]
     base_metrics = set(base_texts.metrics)
-    resamples: dict[int, Resamples] = {}  # by number of prompts
     for i in rows:
         mine = texts.get(summary.loc[i, "config"])
         if i == base or mine is None:
@@ -301,10 +302,9 @@ def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
         sums_a, sums_b, pairs = common_sums(mine, base_texts)
         if not pairs:
             continue
-        shared = resamples.setdefault(len(sums_a), Resamples.of(len(sums_a), cfg, samples_test))
-        out[i] = {"delta_subset": float(pairs < min(len(mine), len(base_texts)))}
+        out[i] = {"delta_subset": float(pairs < max(len(mine), len(base_texts)))}
         for m in [m for m in mine.metrics if m in base_metrics]:
-            result = compare_sums(sums_a, sums_b, m, shared, cfg.level)
+            result = compare_sums(sums_a, sums_b, m, resamples(len(sums_a)), level)
             out[i].update({f"delta_{m}": result.delta, f"delta_{m}_lo": result.low,
                            f"delta_{m}_hi": result.high, f"p_{m}": result.p,
                            f"se_{m}": result.se})
@@ -384,7 +384,10 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
     metrics = [m for m in PARTS if m in summary and set(PARTS[m][0]) <= set(with_parts(
         per_text.iloc[:1]))]
     samples_test = max(cfg.samples, 20 * planned_tests(summary, metrics))
-    parts = [cell_intervals(summary, texts, cfg)]
+    # one set of resamples per number of prompts, shared by every interval and test (and
+    # generated once: at 2,500 prompts and B = 10,000 each array is 200 MB)
+    resamples = functools.cache(lambda prompts: Resamples.of(prompts, cfg, samples_test))
+    parts = [cell_intervals(summary, texts, cfg.level, resamples)]
     by_config = {job.config_id: job for job in jobs}
     baselines: list[str] = []
     for _, rows in summary.groupby("references", sort=False):
@@ -396,12 +399,11 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
         if summary.loc[base, "config"] not in texts:
             continue
         baselines.append(describe(summary.loc[base], parameters))
-        parts.append(pairwise_tests(summary, texts, base, runs.index, cfg, samples_test))
+        parts.append(pairwise_tests(summary, texts, base, runs.index, cfg.level, resamples))
         if "mauve" in summary:
             prompts = np.unique(texts[summary.loc[base, "config"]].prompt)
-            flips = sign_flips(len(prompts), samples_test, cfg.seed)
             parts.append(mauve_tests(summary, by_config, base, runs.index, prompts, mauve_cfg,
-                                     flips))
+                                     resamples(len(prompts)).flips))
     added = pd.DataFrame(index=summary.index)
     for part in parts:  # each covers some rows (one reference group) and some columns
         added = added.combine_first(part.astype(float))

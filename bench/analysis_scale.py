@@ -12,6 +12,7 @@ wall time and peak memory (max RSS of a fresh process per stage):
 Featurization and scoring are left out: they are model-bound and cached on disk.
 
 python -m bench.analysis_scale [--smoke] [--prompts 2500] [--seeds 3] [--samples 10000]
+                               [--stages load table mauve_swap]
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2500)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=10000)
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
     args = parser.parse_args()
     if args.smoke:
         args.prompts, args.samples = 20, 300
@@ -153,7 +155,7 @@ def main() -> None:
               f"(written in {time.perf_counter() - start:.1f} s), bootstrap.samples="
               f"{args.samples}")
         print("| stage | wall s | peak RSS MiB | what |\n|---|---|---|---|")
-        for name in STAGES:
+        for name in args.stages:
             queue = context.Queue()
             process = context.Process(target=child, args=(name, sweep, args.samples, queue))
             process.start()

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -14,3 +16,13 @@ def test_gpu_bench_smoke_runs_and_reports_ratios():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x bare" in done.stdout and "x typical" in done.stdout
     assert "% of a" in done.stdout
+
+
+@pytest.mark.slow
+def test_analysis_scale_bench_smoke_runs_every_stage():
+    done = subprocess.run([sys.executable, "-m", "bench.analysis_scale", "--smoke"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for stage in ("| load |", "| table |", "| mauve_swap |"):
+        assert stage in done.stdout
+    assert "11 rows" in done.stdout and "B = 300" in done.stdout
