@@ -1,4 +1,9 @@
-"""``python -m harness``: the Hydra entry point (one job per config; ``-m`` for grids)."""
+"""``python -m harness``: the Hydra entry point (one job per config; ``-m`` for grids).
+
+Input mistakes end in one line naming the key, the value and what to do, and exit 1 (a full
+traceback with ``HYDRA_FULL_ERROR=1``). In a multirun a failed job raises ``JobFailed`` instead
+of exiting, so the launcher goes on with the other jobs; SIGTERM and SIGINT still stop the
+whole run (exit 128 + signal), every finished batch written."""
 
 from __future__ import annotations
 

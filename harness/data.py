@@ -179,12 +179,15 @@ def check_dataset(cfg: DatasetConfig) -> None:
     if not path.is_file():
         raise ValueError(f"dataset.data_files={files!r}: no such file ({path.absolute()}); give "
                          "the path of a local json/jsonl/text/parquet file.")
-    if path.stat().st_size == 0 or (cfg.path in TEXT_BUILDERS and not _has_text(path)):
+    stat = path.stat()
+    if stat.st_size == 0 or (cfg.path in TEXT_BUILDERS and not _has_text(path, stat.st_size,
+                                                                          stat.st_mtime_ns)):
         raise ValueError(f"dataset.data_files={files!r}: the file is empty; give a file with "
                          f"one document per line (a {cfg.text_field!r} field for json).")
 
 
-def _has_text(path: Path) -> bool:
+@cache  # by size and mtime: every job of a sweep checks the same file
+def _has_text(path: Path, size: int, mtime_ns: int) -> bool:
     """Whether ``path`` holds anything but whitespace; raises if it is not UTF-8."""
     decoder, offset, found = codecs.getincrementaldecoder("utf-8")(), 0, False
     with path.open("rb") as handle:

@@ -119,8 +119,9 @@ def validate(cfg: DictConfig) -> Selector:
         group, leaf = key.split(".")
         if OmegaConf.is_missing(cfg[group], leaf):
             raise JobError(f"{key} is required and was not given; e.g. {example}.")
-    for key in sorted(OmegaConf.missing_keys(cfg)):
-        raise JobError(f"{key} is required and was not given; set {key}=...")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise JobError(f"{missing[0]} is required and was not given; set {missing[0]}=...")
     try:
         check_wandb(OmegaConf.to_object(cfg.wandb))
         check_dataset(OmegaConf.to_object(cfg.dataset))
