@@ -76,6 +76,30 @@ def test_a_shard_dir_is_complete_only_for_its_limit_and_seeds(tmp_path):
     assert not is_complete(shard_config(cfg, 0, 2), shard_dir(tmp_path, 0, 2))
 
 
+def test_fused_slurm_takes_the_submitit_plugins_schema_plus_shards():
+    from dataclasses import fields
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+
+    import harness.__main__ as entry
+    from hydra_plugins.harness_plugins.fused_submitit import FusedSlurmLauncher
+
+    with initialize_config_dir(config_dir=str(entry.CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["hydra/launcher=fused_slurm",
+                                                 "hydra.launcher.shards=8",
+                                                 "hydra.launcher.gpus_per_node=0",
+                                                 "hydra.launcher.partition=gpu"],
+                            return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("FusedSlurmLauncher") and launcher.shards == 8
+    assert {f.name for f in fields(SlurmQueueConf)} < set(launcher)
+    assert launcher.gpus_per_node == 0 and launcher.partition == "gpu"
+    with pytest.raises(ValueError, match=r"hydra\.launcher\.shards=0"):
+        FusedSlurmLauncher(shards=0)
+
+
 @pytest.mark.slow
 def test_fused_submitit_local_writes_what_an_in_process_run_writes(tmp_path):
     args = ["harness", "-m", *TINY, "dataset.limit=4", "generation.seeds=[0]",
