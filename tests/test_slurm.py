@@ -46,23 +46,20 @@ def test_a_shard_of_a_shard_is_one_shard_of_the_prompts(s, m, n, data):
 def test_shards_merge_into_the_in_process_job_dir(tmp_path):
     """Shard dirs written in any order (and a stale shard layout) merge into the file one
     in-process run writes: same bytes, each (prompt, seed) once, shard dirs gone."""
-    overrides = (*TINY, "dataset.limit=5", "generation.seeds=[1,0]", "selector=top_k")
-    cfg = compose(*overrides)
+    cfg = compose(*TINY, "dataset.limit=3", "generation.seeds=[1,0]", "selector=top_k")
     alone = tmp_path / "alone"
     run_job(cfg, alone)
     job = tmp_path / "job"
+    run_job(shard_config(cfg, 0, 3), shard_dir(job, 0, 3))  # a stale layout: merged too
+    run_job(shard_config(cfg, 1, 2), shard_dir(job, 1, 2))
     assert not is_complete(cfg, job)
-    for shard in (2, 0):  # shard 1 of 3 is missing
-        run_job(shard_config(cfg, shard, 3), shard_dir(job, shard, 3))
-    run_job(shard_config(cfg, 1, 2), shard_dir(job, 1, 2))  # a stale layout: also merged
-    assert not is_complete(cfg, job)
-    run_job(shard_config(cfg, 1, 3), shard_dir(job, 1, 3))
-    merged = merge(cfg, job, 3, [])
+    run_job(shard_config(cfg, 0, 2), shard_dir(job, 0, 2))
+    merged = merge(cfg, job, 2, [])
     assert (job / RECORDS).read_bytes() == (alone / RECORDS).read_bytes()
     assert (job / "job.yaml").read_text() == (alone / "job.yaml").read_text()
     assert is_complete(cfg, job) and not (job / "shards").exists()
-    assert len(merged.written) == 10 and merged.timing["records"] == 0
-    again = merge(cfg, job, 3, [])  # nothing left in shards: nothing rewritten
+    assert len(merged.written) == 6 and merged.timing["records"] == 0
+    again = merge(cfg, job, 2, [])  # nothing left in shards: nothing rewritten
     assert again.written == [] and (job / RECORDS).read_bytes() == (alone / RECORDS).read_bytes()
 
 
@@ -77,6 +74,30 @@ def test_a_shard_dir_is_complete_only_for_its_limit_and_seeds(tmp_path):
     lines_ = lines(shard_dir(tmp_path, 0, 2) / RECORDS)
     (shard_dir(tmp_path, 0, 2) / RECORDS).write_text("\n".join(lines_[:-1]) + "\n")
     assert not is_complete(shard_config(cfg, 0, 2), shard_dir(tmp_path, 0, 2))
+
+
+def test_fused_slurm_takes_the_submitit_plugins_schema_plus_shards():
+    from dataclasses import fields
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+
+    import harness.__main__ as entry
+    from hydra_plugins.harness_plugins.fused_submitit import FusedSlurmLauncher
+
+    with initialize_config_dir(config_dir=str(entry.CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["hydra/launcher=fused_slurm",
+                                                 "hydra.launcher.shards=8",
+                                                 "hydra.launcher.gpus_per_node=0",
+                                                 "hydra.launcher.partition=gpu"],
+                            return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("FusedSlurmLauncher") and launcher.shards == 8
+    assert {f.name for f in fields(SlurmQueueConf)} < set(launcher)
+    assert launcher.gpus_per_node == 0 and launcher.partition == "gpu"
+    with pytest.raises(ValueError, match=r"hydra\.launcher\.shards=0"):
+        FusedSlurmLauncher(shards=0)
 
 
 @pytest.mark.slow

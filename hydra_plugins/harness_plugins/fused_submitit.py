@@ -130,10 +130,10 @@ class FusedSubmititLauncher(BaseSubmititLauncher):
         import submitit
 
         init_keys = {"submitit_folder", "max_num_timeout"}
-        executor = submitit.AutoExecutor(
-            cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
-            **{f"{self._EXECUTOR}_max_num_timeout": self.params[k]
-               for k in ("max_num_timeout",) if k in self.params})
+        timeouts = ({f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]}
+                    if "max_num_timeout" in self.params else {})  # SLURM only
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR,
+                                         folder=self.params["submitit_folder"], **timeouts)
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
                                       for k, v in self.params.items() if k not in init_keys})
@@ -174,12 +174,12 @@ class FusedSubmititLauncher(BaseSubmititLauncher):
                 for cfg, job_dir in specs:
                     runner.PREGENERATED[job_dir.resolve()] = merge(
                         cfg, job_dir, self.shards, timings.get(str(job_dir), []))
+        dirs = [job_dir_and_config(config)[0] for config in configs]
         runs: dict[int, JobReturn] = {}
         # merged jobs first: a job with a bad value then fails on its own, after them
-        for index in sorted(range(len(configs)), key=lambda i: job_dir_and_config(
-                configs[i])[0].resolve() not in runner.PREGENERATED):
-            config = configs[index]
-            job_dir, _ = job_dir_and_config(config)
+        for index in sorted(range(len(configs)),
+                            key=lambda i: dirs[i].resolve() not in runner.PREGENERATED):
+            config, job_dir = configs[index], dirs[index]
             if job_dir in failed:
                 runs[index] = JobReturn(overrides=list(config.hydra.overrides.task), cfg=config,
                                         hydra_cfg=config, working_dir=str(job_dir),
