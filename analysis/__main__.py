@@ -1,6 +1,7 @@
 """``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [key=value ...]``: metrics, tables, plots.
 
-Writes into the first sweep dir: summary.csv/.md/.tex, per_seed.csv and plots/*.png, and logs
+Writes into the first sweep dir: summary.csv/.md/.tex, summary_full.tex, samples.tex,
+report.html, per_seed.csv and plots/*.png, and logs
 them to one W&B run (offline by default). Overrides are Hydra's, on ``conf/analysis.yaml``:
 e.g. ``metrics.mauve.featurizer=lm:gpt2-large`` or ``wandb=disabled``.
 """
@@ -19,8 +20,10 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from analysis import features
+from analysis.latex import TableConfig, write_samples
 from analysis.load import DuplicateMismatch, find_jobs
 from analysis.plots import make_plots
+from analysis.report import ReportConfig, write_report
 from analysis.stats import BootstrapConfig
 from analysis.table import (
     KEYS,
@@ -43,6 +46,8 @@ class AnalysisConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     write_back: bool = True  # add each job's metrics to its generation run's W&B summary
 
@@ -79,8 +84,10 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
         notes.append(f"{set_aside} records outside the prompts every configuration finished "
                      "were set aside: every row is over the same prompts.")
     markdown = write_tables(per_seed, summary, per_text, out, cfg.metrics.mauve.min_samples,
-                            notes)
+                            notes, cfg.table.latex, cfg.bootstrap)
     plots = make_plots(summary, out / "plots")
+    write_samples(summary, jobs, out, cfg.table.latex)
+    report = write_report(summary, jobs, out, cfg.report, plots, notes)
     with wandb_run(cfg.wandb, out, job_type="analyze", group=out.name,
                    name=f"analyze-{out.name}", config=OmegaConf.to_container(
                        OmegaConf.structured(cfg))) as run:
@@ -91,7 +98,8 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
                 summary.notna(), None)),
                      "per_seed": wandb.Table(dataframe=per_seed.drop(
                          columns=["mauve_values"], errors="ignore").astype(str)),
-                     **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
+                     **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots},
+                     "report": wandb.Html(report.read_text(), inject=False)})
     if cfg.write_back and cfg.wandb.mode != "disabled":
         write_back(jobs, per_seed, cfg.wandb, out)
     print(markdown)

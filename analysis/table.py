@@ -18,8 +18,10 @@ from analysis.coherence import (
 )
 from analysis.diversity import diversity_metrics, ngram_counts
 from analysis.features import disk_cached, featurize
+from analysis.latex import LatexConfig, write_latex
 from analysis.load import Job, reference_keys
 from analysis.mauve import MauveConfig, mauve_scores
+from analysis.stats import BootstrapConfig
 
 log = logging.getLogger(__name__)
 
@@ -247,12 +249,13 @@ def render_markdown(summary: pd.DataFrame, min_samples: int, notes: list[str] = 
 
 
 def write_tables(per_seed: pd.DataFrame, summary: pd.DataFrame, per_text: pd.DataFrame,
-                 out: Path, min_samples: int, notes: list[str] = ()) -> str:
+                 out: Path, min_samples: int, notes: list[str], latex: LatexConfig,
+                 bootstrap: BootstrapConfig) -> str:
     per_seed.drop(columns=["mauve_values"], errors="ignore").to_csv(out / "per_seed.csv",
                                                                     index=False)
     per_text.to_csv(out / "per_text.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     markdown = render_markdown(summary, min_samples, notes)
     (out / "summary.md").write_text(markdown)
-    rendered(summary).to_latex(out / "summary.tex", index=False, na_rep="")
+    write_latex(summary, rendered(summary), out, latex, bootstrap.samples, bootstrap.level)
     return markdown
