@@ -79,7 +79,7 @@ SYMBOLS = {"alpha": ("\\alpha", "α"), "top_k": ("k", "k"), "top_p": ("p", "p"),
            "mass": ("m", "m"), "temperature": ("T", "T")}
 SIGNIFICANT = 0.05  # Holm-adjusted p below this: * and bold
 
-_ASCII = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&",
+_ASCII = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\ensuremath{\$}", "&": r"\&",
           "#": r"\#", "_": r"\_", "%": r"\%", "^": r"\textasciicircum{}",
           "~": r"\textasciitilde{}", "<": r"\textless{}", ">": r"\textgreater{}",
           "|": r"\textbar{}", "\n": " ", "\t": " "}
@@ -87,12 +87,17 @@ _ENCODER = UnicodeToLatexEncoder(unknown_char_policy="replace", unknown_char_war
 UNKNOWN = r"{\bfseries ?}"
 
 
+_SIGNS = {"±": r"\ensuremath{\pm}", "×": r"\ensuremath{\times}", "÷": r"\ensuremath{\div}",
+          "·": r"\ensuremath{\cdot}", "°": r"\ensuremath{^\circ}"}
+
+
 def _encodable(char: str) -> bool:
-    """Characters pdflatex's default (OT1, utf8) setup typesets: Latin-1 letters and signs (not
-    the T1-only eth and thorn), Greek letters (math), the common dashes and quotes."""
+    """Characters pdflatex's default setup (OT1, utf8) typesets with the Type 1 fonts of
+    texlive-latex-base: Latin-1 letters (not the T1-only eth and thorn), Greek letters (math),
+    the common dashes and quotes."""
     code = ord(char)
-    return ((0xA1 <= code <= 0xFF and char not in "\xadÐÞðþ") or 0x391 <= code <= 0x3C9
-            or char in "–—‘’“”…")
+    return ((0xC0 <= code <= 0xFF and unicodedata.category(char).startswith("L")
+             and char not in "ÐÞðþ") or 0x391 <= code <= 0x3C9 or char in "–—‘’“”…")
 
 
 def tex(text: str) -> str:
@@ -105,6 +110,8 @@ def tex(text: str) -> str:
             out.append(_ASCII[char])
         elif " " <= char <= "~":
             out.append(char)
+        elif char in _SIGNS:
+            out.append(_SIGNS[char])
         elif _encodable(char):
             out.append(_ENCODER.unicode_to_latex(char))
         else:
@@ -114,7 +121,8 @@ def tex(text: str) -> str:
 
 
 def number(value: float, decimals: int) -> str:
-    return "" if pd.isna(value) else f"{value:.{decimals}f}"
+    """``value`` with ``decimals`` decimals and a typeset minus sign."""
+    return "" if pd.isna(value) else f"{value:.{decimals}f}".replace("-", "$-$")
 
 
 def parameter_columns(summary: pd.DataFrame) -> list[str]:
@@ -198,7 +206,8 @@ def best(group: pd.DataFrame, metric: str, base: int | None) -> int | None:
 
 
 def cell(row: pd.Series, metric: str, bold: bool = False) -> str:
-    """``48.1\\,{\\scriptsize[45.2, 50.3]}`` (MAUVE: ``48.1\\,{\\scriptsize$\\pm$2.0}``)."""
+    """``\\summarycell{48.1}{[45.2, 50.3]}`` (MAUVE: ``{$\\pm$2.0}``): the value over its
+    interval in small type."""
     m = METRICS[metric]
     value = row.get(metric)
     if pd.isna(value):
@@ -207,9 +216,9 @@ def cell(row: pd.Series, metric: str, bold: bool = False) -> str:
     text = f"\\textbf{{{text}}}" if bold else text
     std, low, high = row.get(f"{metric}_std"), row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
     if pd.notna(std):
-        return f"{text}\\,{{\\scriptsize$\\pm${number(std * m.scale, m.decimals)}}}"
+        return f"\\summarycell{{{text}}}{{$\\pm${number(std * m.scale, m.decimals)}}}"
     if pd.notna(low) and pd.notna(high):
-        return (f"{text}\\,{{\\scriptsize[{number(low * m.scale, m.decimals)}, "
+        return (f"\\summarycell{{{text}}}{{[{number(low * m.scale, m.decimals)}, "
                 f"{number(high * m.scale, m.decimals)}]}}")
     return text
 
@@ -244,11 +253,11 @@ def caption(summary: pd.DataFrame, metrics: list[str], samples: int, level: floa
     prompts = sorted({round(n / s) for n, s in zip(runs["n"], runs.get(
         "seeds", pd.Series(1, index=runs.index)), strict=True) if pd.notna(n) and s})
     seeds = sorted({int(s) for s in runs.get("seeds", pd.Series([1])).dropna()})
-    seed_text = "–".join(map(str, sorted({seeds[0], seeds[-1]}))) if seeds else "1"
+    seed_text = "--".join(map(str, sorted({seeds[0], seeds[-1]}))) if seeds else "1"
     scaled = [METRICS[m].header for m in metrics if METRICS[m].scale == 100]
     tests = sum(int(summary[c].notna().sum()) for c in summary if c.endswith("_holm"))
     percent = f"{level * 100:g}\\%"
-    text = [f"Each configuration over the same n = {', '.join(map(str, prompts))} prompts "
+    text = [f"Each configuration over the same $n = {', '.join(map(str, prompts))}$ prompts "
             f"({seed_text} generation seeds each)."]
     if scaled:
         text.append(f"{', '.join(scaled)} $\\times$ 100.")
@@ -264,7 +273,7 @@ def caption(summary: pd.DataFrame, metrics: list[str], samples: int, level: floa
     mde = {m: minimum_detectable(summary, m, level) for m in metrics}
     mde = {m: v * METRICS[m].scale for m, v in mde.items() if pd.notna(v)}
     if mde:
-        text.append("Minimum detectable $\\Delta$ at this n (80\\% power, two-sided 5\\%): "
+        text.append("Minimum detectable $\\Delta$ at this $n$ (80\\% power, two-sided 5\\%): "
                     + ", ".join(f"{tex(METRICS[m].header)} {v:.3g}" for m, v in mde.items())
                     + ".")
     return " ".join(text)
@@ -302,22 +311,23 @@ def paper_table(summary: pd.DataFrame, metrics: list[str], samples: int = 10000,
                 lines.append("\\midrule")
                 name = "Human"
             else:
-                name = label(row, params) + (" (baseline)" if index == base else "")
+                name = label(row, params)  # the caption names the baseline; its Δs are ---
             cells = [name]
             for m in metrics:
-                cells += [cell(row, m, bold[m] == index), delta_cell(row, m)]
+                delta = "---" if index == base else delta_cell(row, m)
+                cells += [cell(row, m, bold[m] == index), delta]
             lines.append(" & ".join(cells) + " \\\\")
-    header = " & ".join(["Configuration", *[f"{tex(METRICS[m].header)} & $\\Delta$"
-                                            for m in metrics]])
     arrows = {1: "$\\uparrow$", -1: "$\\downarrow$", 0: ""}
-    header_arrows = " & ".join(["", *[f"{arrows[METRICS[m].better]} & " for m in metrics]])
+    header = " & ".join(["Configuration", *[f"{tex(METRICS[m].header)}{arrows[METRICS[m].better]}"
+                                            " & $\\Delta$" for m in metrics]])
     return "\n".join([
         "% The paper table of python -m analysis: \\input into a document with \\usepackage"
         "{booktabs}.",
         "\\begin{table}[t]", "\\centering", "\\small", "\\setlength{\\tabcolsep}{4pt}",
+        "\\providecommand{\\summarycell}[2]{\\begin{tabular}[t]{@{}r@{}}#1\\\\[-2pt]"
+        "{\\scriptsize #2}\\end{tabular}}",
         f"\\begin{{tabular}}{{@{{}}l{'rr' * len(metrics)}@{{}}}}", "\\toprule",
-        header + " \\\\", header_arrows + " \\\\" if any(
-            METRICS[m].better for m in metrics) else "", "\\midrule", *lines,
+        header + " \\\\", "\\midrule", *lines,
         "\\bottomrule", "\\end{tabular}",
         f"\\caption{{{caption(summary, metrics, samples, level, baselines)}}}",
         "\\label{tab:decoding}", "\\end{table}", ""])
@@ -357,7 +367,7 @@ def samples_tex(prompts: list[SamplePrompt]) -> str:
     for prompt in prompts:
         lines += [f"\\paragraph{{Prompt {prompt.prompt_id} (seed {prompt.seed}).}} "
                   f"\\textit{{{tex(prompt.prompt)}}}", "\\begin{itemize}",
-                  f"\\item \\textbf{{Human:}} {tex(prompt.reference)}"]
+                  f"\\item[--] \\textbf{{Human:}} {tex(prompt.reference)}"]
         for group in prompt.groups:
             names = ", ".join(label(c, list(c)[1:]) for c in group.configurations)
             names += " (baseline)" if group.is_baseline else ""
@@ -368,7 +378,7 @@ def samples_tex(prompts: list[SamplePrompt]) -> str:
                 start, end = group.departs
                 body = (f"\\sampleshared{{{tex(text[:start])}}}"
                         f"\\sampledeparts{{{tex(text[start:end])}}}{tex(text[end:])}")
-            lines.append(f"\\item \\textbf{{{names}:}} {body}")
+            lines.append(f"\\item[--] \\textbf{{{names}:}} {body}")
         lines.append("\\end{itemize}")
     return "\n".join(lines) + "\n"
 
