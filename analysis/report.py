@@ -31,8 +31,7 @@ from analysis.latex import (
 from analysis.load import Job
 from analysis.samples import SamplePrompt, sample_prompts
 
-SHOWN = ["mauve", "diversity", "rep_2", "coherence", "coherence_ll", "perplexity", "mean_tokens",
-         "eos_rate", "topk_identical_rate"]
+SHOWN = ["mauve", "diversity", "rep_2", "coherence", "perplexity", "topk_identical_rate"]  # as .md
 
 
 @dataclass
@@ -102,8 +101,9 @@ def table(summary: pd.DataFrame) -> tuple[list[str], list[dict], list[dict]]:
             name = "Human" if human else label(row, params, latex=False)
             if len(reference_groups(summary)) > 1:
                 name += f" · {row['dataset']}, {row['max_new_tokens']:g} tokens"
+            seeds = math.nan if human else row.get("seeds", math.nan)
             cells = [Cell(name, sort=name), Cell(f"{row['n']:g}", sort=row["n"]),
-                     Cell(f"{row.get('seeds', math.nan):g}", sort=row.get("seeds", math.nan))]
+                     Cell("" if pd.isna(seeds) else f"{seeds:g}", sort=seeds)]
             for m in metrics:
                 cells.append(metric_cell(row, m, bold[m] == index))
                 if f"delta_{m}" in summary:
@@ -111,6 +111,15 @@ def table(summary: pd.DataFrame) -> tuple[list[str], list[dict], list[dict]]:
             (humans if human else runs).append(
                 {"label": name, "baseline": index == base, "cells": cells})
     return headers, runs, humans
+
+
+# Control characters (a random model's bytes) shown as their Unicode pictures (␍ for \r): the
+# HTML parser would drop or rewrite them; one character for one, so offsets still hold.
+VISIBLE = {code: 0x2400 + code for code in range(32) if chr(code) not in "\n\t"} | {127: 0x2421}
+
+
+def visible(text: str) -> str:
+    return text.translate(VISIBLE)
 
 
 def data_uri(path: Path) -> str:
@@ -136,6 +145,7 @@ def render(summary: pd.DataFrame, samples: list[SamplePrompt], plots: list[Path]
         for group in sample.groups:
             group.labels = [label(c, list(c)[1:], latex=False) for c in group.configurations]
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    environment.filters["visible"] = visible
     return environment.from_string(TEMPLATE).render(
         title=title, headers=headers, runs=runs, humans=humans, notes=notes,
         plots=[(p.stem.replace("_", " "), data_uri(p)) for p in plots], plan=plan,
@@ -183,7 +193,8 @@ table.summary tbody.human td { border-top: 2px solid #999; font-style: italic; }
 td.strong { font-weight: 700; }
 ul.notes { color: #444; max-width: 75em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
-.plots figure { margin: 0; } .plots img { max-width: 100%; max-height: 520px; }
+.plots figure { margin: 0; flex: 1 1 520px; max-width: 760px; }
+.plots img { width: 100%; }
 table.plan { border-collapse: collapse; } table.plan td, table.plan th { padding: .2em .5em;
   border-bottom: 1px solid #eee; }
 section.prompt { margin: 1.5em 0; }
@@ -244,18 +255,18 @@ the first word where it departs (⏹: it stops where the baseline goes on).</p>
 <section class="prompt" data-prompt-id="{{ sample.prompt_id }}" data-seed="{{ sample.seed }}">
 <h3>Prompt {{ sample.prompt_id }} <small>(seed {{ sample.seed }}, {{ sample.references.dataset }},
 {{ sample.references.max_new_tokens }} tokens)</small></h3>
-<p class="prompt-text text">{{ sample.prompt }}</p>
+<p class="prompt-text text">{{ sample.prompt | visible }}</p>
 <div class="cards">
 <div class="card human" data-labels='["Human"]'><h4>Human</h4>
-<p class="text">{{ sample.reference }}</p></div>
+<p class="text">{{ sample.reference | visible }}</p></div>
 {% for group in sample.groups %}
 <div class="card{% if group.is_baseline %} baseline{% endif %}"
      data-labels="{{ json.dumps(group.labels) }}">
 <h4>{{ group.labels | join(" = ") }}{% if group.is_baseline %} (baseline){% endif %}</h4>
-{% if group.departs is none %}<p class="text">{{ group.text }}</p>
-{% else %}<p class="text"><span class="shared">{{ group.text[:group.departs[0]] }}</span>
-{#- #}<mark class="departs">{{ group.text[group.departs[0]:group.departs[1]] }}</mark>
-{#- #}<span class="rest">{{ group.text[group.departs[1]:] }}</span></p>
+{% if group.departs is none %}<p class="text">{{ group.text | visible }}</p>
+{% else %}<p class="text"><span class="shared">{{ group.text[:group.departs[0]] | visible }}</span>
+{#- #}<mark class="departs">{{ group.text[group.departs[0]:group.departs[1]] | visible }}</mark>
+{#- #}<span class="rest">{{ group.text[group.departs[1]:] | visible }}</span></p>
 {% endif %}
 </div>
 {% endfor %}
