@@ -99,7 +99,7 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
                      "per_seed": wandb.Table(dataframe=per_seed.drop(
                          columns=["mauve_values"], errors="ignore").astype(str)),
                      **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots},
-                     "report": wandb.Html(report.read_text(), inject=False)})
+                     "report": wandb.Html(report, inject=False)})
     if cfg.write_back and cfg.wandb.mode != "disabled":
         write_back(jobs, per_seed, cfg.wandb, out)
     print(markdown)
