@@ -247,7 +247,7 @@ def minimum_detectable(summary: pd.DataFrame, metric: str, level: float) -> floa
     return 2.8 * float(np.median(widths)) / (2 * z)
 
 
-def caption(summary: pd.DataFrame, metrics: list[str], samples: int, level: float,
+def caption(summary: pd.DataFrame, metrics: list[str], resamples: int, level: float,
             baselines: list[str]) -> str:
     runs = summary[summary["method"] != "human"]
     prompts = sorted({round(n / s) for n, s in zip(runs["n"], runs.get(
@@ -258,13 +258,13 @@ def caption(summary: pd.DataFrame, metrics: list[str], samples: int, level: floa
     tests = sum(int(summary[c].notna().sum()) for c in summary if c.endswith("_holm"))
     percent = f"{level * 100:g}\\%"
     text = [f"Each configuration over the same $n = {', '.join(map(str, prompts))}$ prompts "
-            f"({seed_text} generation seeds each)."]
+            f"({seed_text} generation seeds each)."] if prompts else []
     if scaled:
         text.append(f"{', '.join(scaled)} $\\times$ 100.")
     if "mauve" in metrics:
         text.append("MAUVE: mean $\\pm$ std over k-means and generation seeds;")
     text.append(f"other values with {percent} percentile bootstrap intervals over prompts "
-                f"({samples} resamples, a prompt's seeds together).")
+                f"({resamples} resamples, a prompt's seeds together).")
     if baselines:
         text.append(f"$\\Delta$: paired difference to {' and '.join(baselines)} on the same "
                     f"prompts; $^{{*}}$: Holm-adjusted $p < {SIGNIFICANT:g}$ (paired sign-flip "
@@ -279,7 +279,7 @@ def caption(summary: pd.DataFrame, metrics: list[str], samples: int, level: floa
     return " ".join(text)
 
 
-def paper_table(summary: pd.DataFrame, metrics: list[str], samples: int = 10000,
+def paper_table(summary: pd.DataFrame, metrics: list[str], resamples: int = 10000,
                 level: float = 0.95) -> str:
     """The compact layout of ``summary.tex`` (a ``table`` float with a caption and a label)."""
     unknown = [m for m in metrics if m not in METRICS]
@@ -329,7 +329,7 @@ def paper_table(summary: pd.DataFrame, metrics: list[str], samples: int = 10000,
         f"\\begin{{tabular}}{{@{{}}l{'rr' * len(metrics)}@{{}}}}", "\\toprule",
         header + " \\\\", "\\midrule", *lines,
         "\\bottomrule", "\\end{tabular}",
-        f"\\caption{{{caption(summary, metrics, samples, level, baselines)}}}",
+        f"\\caption{{{caption(summary, metrics, resamples, level, baselines)}}}",
         "\\label{tab:decoding}", "\\end{table}", ""])
 
 
@@ -390,7 +390,8 @@ def write_samples(summary: pd.DataFrame, jobs: list[Job], out: Path, cfg: LatexC
 
 
 def write_latex(summary: pd.DataFrame, rendered: pd.DataFrame, out: Path, cfg: LatexConfig,
-                samples: int = 10000, level: float = 0.95) -> None:
-    """``summary.tex`` (the paper table) and ``summary_full.tex`` (every column)."""
-    (out / "summary.tex").write_text(paper_table(summary, list(cfg.metrics), samples, level))
+                resamples: int = 10000, level: float = 0.95) -> None:
+    """``summary.tex`` (the paper table; ``resamples`` and ``level`` of the bootstrap for its
+    caption) and ``summary_full.tex`` (every column)."""
+    (out / "summary.tex").write_text(paper_table(summary, list(cfg.metrics), resamples, level))
     (out / "summary_full.tex").write_text(full_table(rendered))
