@@ -213,6 +213,8 @@ mark.departs:empty::after { content: "⏹"; color: #c60; }
 </head>
 <body>
 <h1>Decoding comparison: {{ title }}</h1>
+<nav><a href="#table">Table</a>{% if plots %} · <a href="#plots">Plots</a>{% endif %}
+{%- if plan %} · <a href="#plan">Plan</a>{% endif %} · <a href="#samples">Samples</a></nav>
 
 <h2 id="table">Table</h2>
 <p class="legend">Click a column to sort. Small type: the interval (MAUVE: ± std); Δ against the
