@@ -37,6 +37,15 @@ class LatexConfig:
     metrics: list[str] = field(default_factory=lambda: ["mauve", "diversity", "coherence"])
     samples: int = 3  # prompts shown in samples.tex
 
+    def __post_init__(self) -> None:  # at load_config, before any metric is computed
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"table.latex.metrics={list(self.metrics)}: unknown metric(s) "
+                             f"{unknown}; choose from {', '.join(METRICS)}.")
+        if self.samples < 0:
+            raise ValueError(f"table.latex.samples={self.samples}: the number of prompts shown "
+                             "in samples.tex must be >= 0.")
+
 
 @dataclass
 class TableConfig:

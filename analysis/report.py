@@ -40,6 +40,11 @@ class ReportConfig:
 
     samples: int = 10  # prompts in the sample browser
 
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ValueError(f"report.samples={self.samples}: the number of prompts in the "
+                             "sample browser must be >= 0.")
+
 
 @dataclass
 class Cell:

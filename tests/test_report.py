@@ -118,7 +118,11 @@ def test_bold_only_where_the_best_beats_the_runner_up_significantly():
     assert METRICS["perplexity"].better == 0  # no "best" perplexity: lower is not better
 
 
-def test_an_unknown_metric_is_named_with_the_choices():
+def test_bad_settings_are_named_when_the_config_loads():
+    with pytest.raises(ValueError, match=r"table.latex.metrics=.*'cohesion'.*choose from"):
+        load_config(["table.latex.metrics=[coherence,cohesion]"])
+    with pytest.raises(ValueError, match=r"report.samples=-1: .* must be >= 0"):
+        load_config(["report.samples=-1"])
     frame = summary_of({"coherence": [0.1, 0.2, 0.3]}, [math.nan, 1.0, 1.0])
     with pytest.raises(ValueError, match=r"table.latex.metrics=.*'cohesion'.*choose from"):
         paper_table(frame, ["coherence", "cohesion"])
