@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import pandas as pd
 
 from analysis.latex import (
@@ -145,12 +146,11 @@ def render(summary: pd.DataFrame, samples: list[SamplePrompt], plots: list[Path]
     if isinstance(plan, pd.DataFrame):
         plan = plan.to_html(index=False, na_rep="", classes="plan", border=0)
     elif isinstance(plan, str):
-        plan = f"<pre>{jinja2.utils.markupsafe.escape(plan)}</pre>"
-    for sample in samples:
-        for group in sample.groups:
-            group.labels = [label(c, list(c)[1:], latex=False) for c in group.configurations]
+        plan = f"<pre>{markupsafe.escape(plan)}</pre>"
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     environment.filters["visible"] = visible
+    environment.filters["labels"] = lambda selectors: [label(s, list(s)[1:], latex=False)
+                                                       for s in selectors]
     return environment.from_string(TEMPLATE).render(
         title=title, headers=headers, runs=runs, humans=humans, notes=notes,
         plots=[(p.stem.replace("_", " "), data_uri(p)) for p in plots], plan=plan,
@@ -266,10 +266,10 @@ the first word where it departs (⏹: it stops where the baseline goes on).</p>
 <div class="cards">
 <div class="card human" data-labels='["Human"]'><h4>Human</h4>
 <p class="text">{{ sample.reference | visible }}</p></div>
-{% for group in sample.groups %}
+{% for group in sample.groups %}{% set labels = group.configurations | labels %}
 <div class="card{% if group.is_baseline %} baseline{% endif %}"
-     data-labels="{{ json.dumps(group.labels) }}">
-<h4>{{ group.labels | join(" = ") }}{% if group.is_baseline %} (baseline){% endif %}</h4>
+     data-labels="{{ json.dumps(labels) }}">
+<h4>{{ labels | join(" = ") }}{% if group.is_baseline %} (baseline){% endif %}</h4>
 {% if group.departs is none %}<p class="text">{{ group.text | visible }}</p>
 {% else %}<p class="text"><span class="shared">{{ group.text[:group.departs[0]] | visible }}</span>
 {#- #}<mark class="departs">{{ group.text[group.departs[0]:group.departs[1]] | visible }}</mark>
