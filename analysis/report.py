@@ -212,7 +212,7 @@ section.prompt { margin: 1.5em 0; }
 .text { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; }
 .shared { color: #9a9a9a; }
 mark.departs { background: #ffe08a; color: inherit; border-radius: 2px; }
-mark.departs:empty::after { content: "⏹"; color: #c60; }
+mark.departs:empty::after { content: "■"; color: #c60; }
 .legend { color: #555; }
 </style>
 </head>
@@ -257,7 +257,7 @@ significantly better than the runner-up.</p>
 <p class="legend">The first {{ samples | length }} prompts, one seed. Configurations with identical
 texts share a card; grey: the prefix a text shares with the baseline's,
 <mark class="departs">marked</mark>:
-the first word where it departs (⏹: it stops where the baseline goes on).</p>
+the first word where it departs (■: it stops where the baseline goes on).</p>
 {% for sample in samples %}
 <section class="prompt" data-prompt-id="{{ sample.prompt_id }}" data-seed="{{ sample.seed }}">
 <h3>Prompt {{ sample.prompt_id }} <small>(seed {{ sample.seed }}, {{ sample.references.dataset }},
