@@ -91,7 +91,7 @@ SIGNIFICANT = 0.05  # Holm-adjusted p below this: * and bold
 _ASCII = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\ensuremath{\$}", "&": r"\&",
           "#": r"\#", "_": r"\_", "%": r"\%", "^": r"\textasciicircum{}",
           "~": r"\textasciitilde{}", "<": r"\textless{}", ">": r"\textgreater{}",
-          "|": r"\textbar{}", "\n": " ", "\t": " "}
+          "|": r"\textbar{}", "\n": " ", "\r": " ", "\t": " "}
 _ENCODER = UnicodeToLatexEncoder(unknown_char_policy="replace", unknown_char_warning=False)
 UNKNOWN = r"{\bfseries ?}"
 
