@@ -267,7 +267,8 @@ def caption(summary: pd.DataFrame, metrics: list[str], resamples: int, level: fl
     tests = sum(int(summary[c].notna().sum()) for c in summary if c.endswith("_holm"))
     percent = f"{level * 100:g}\\%"
     text = [f"Each configuration over the same $n = {', '.join(map(str, prompts))}$ prompts "
-            f"({seed_text} generation seeds each)."] if prompts else []
+            f"({seed_text} generation seed{'' if seed_text == '1' else 's'} each)."
+            ] if prompts else []
     if scaled:
         text.append(f"{', '.join(scaled)} $\\times$ 100.")
     if "mauve" in metrics:
