@@ -58,9 +58,8 @@ def departure(text: str, base: str) -> tuple[int, int] | None:
     for identical texts. ``text[:start]`` is the prefix both share."""
     if text == base:
         return None
-    first = next((i for i, (a, b) in enumerate(zip(text, base, strict=False))
-                  if a != b),
-                 min(len(text), len(base)))
+    pairs = enumerate(zip(text, base, strict=False))
+    first = next((i for i, (a, b) in pairs if a != b), min(len(text), len(base)))
     if first == len(text):  # stops where the baseline goes on
         return first, first
     piece = next(p for p in PIECE.finditer(text) if p.end() > first)
@@ -84,7 +83,7 @@ def sample_prompts(jobs: list[Job], count: int, baseline: dict | None = None,
         if not seeds:
             continue
         seed = min(seeds)
-        texts = [{(r["prompt_id"]): r for r in job.records if r["seed"] == seed}
+        texts = [{r["prompt_id"]: r for r in job.records if r["seed"] == seed}
                  for job in group]
         prompt_ids = sorted(set.intersection(*(set(t) for t in texts)))[:count]
         base = next((i for i, job in enumerate(group) if same_selector(selector_of(job), baseline)),
