@@ -276,7 +276,8 @@ def caption(summary: pd.DataFrame, metrics: list[str], resamples: int, level: fl
     text.append(f"other values with {percent} percentile bootstrap intervals over prompts "
                 f"({resamples} resamples, a prompt's seeds together).")
     if baselines:
-        text.append(f"$\\Delta$: paired difference to {' and '.join(baselines)} on the same "
+        names = " and ".join(dict.fromkeys(baselines))
+        text.append(f"$\\Delta$: paired difference to {names} on the same "
                     f"prompts; $^{{*}}$: Holm-adjusted $p < {SIGNIFICANT:g}$ (paired sign-flip "
                     f"tests; MAUVE: swap test) over all {tests} tests of the table.")
     text.append("Bold: the best value, only where it differs significantly from the runner-up.")
