@@ -1,7 +1,8 @@
 """``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [key=value ...] [--debug]``: metrics, tables,
 plots.
 
-Writes into the first sweep dir: summary.csv/.md/.tex, per_seed.csv and plots/*.png, and logs
+Writes into the first sweep dir: summary.csv/.md/.tex, summary_full.tex,
+samples.tex, report.html, per_seed.csv and plots/*.png, and logs
 them to one W&B run (offline by default; group: the sweeps' name) whose id the dir keeps, so a
 re-analysis replaces it; each configuration's metrics, intervals, Δs and p-values go into its
 generation run (``harness.tracking.publish_job``). Overrides are Hydra's, on
@@ -26,9 +27,11 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from analysis import features
+from analysis.latex import TableConfig, write_samples
 from analysis.load import DuplicateMismatch, find_jobs, load_notes
 from analysis.plots import make_plots
 from analysis.render import write_tables
+from analysis.report import ReportConfig, write_report
 from analysis.stats import BootstrapConfig
 from analysis.table import (
     MetricsConfig,
@@ -59,6 +62,8 @@ class AnalysisConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     write_back: bool = True  # add each job's metrics to its generation run's W&B summary
 
@@ -121,9 +126,11 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     notes = [*([missing_baseline] if missing_baseline else []), *notes,
              *load_notes(sweep_dirs, jobs)]
     markdown = write_tables(per_seed, summary, per_text, out, cfg.metrics.mauve.min_samples,
-                            notes)
+                            notes, cfg.table.latex, cfg.bootstrap)
     plots = make_plots(summary, out / "plots")
-    log_analysis(cfg, out, jobs, summary, per_seed, plots)
+    write_samples(summary, jobs, out, cfg.table.latex)
+    report = write_report(summary, jobs, out, cfg.report, plots, notes)
+    log_analysis(cfg, out, jobs, summary, per_seed, plots, report)
     if cfg.write_back:
         write_back(jobs, summary, cfg.wandb)
     print(markdown)
@@ -134,7 +141,7 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
 
 
 def log_analysis(cfg: AnalysisConfig, out: Path, jobs: list, summary: pd.DataFrame,
-                 per_seed: pd.DataFrame, plots: list[Path]) -> None:
+                 per_seed: pd.DataFrame, plots: list[Path], report: Path) -> None:
     """The one analyze run of ``out``: tables and plots, in the sweeps' W&B group. Its id is
     kept in ``out``, so a re-analysis updates it (online) or replaces its folder (offline)."""
     id_file = out / ANALYZE_RUN_ID
@@ -152,7 +159,8 @@ def log_analysis(cfg: AnalysisConfig, out: Path, jobs: list, summary: pd.DataFra
             summary.notna(), None)),
                  "per_seed": wandb.Table(dataframe=per_seed.drop(
                      columns=["mauve_values"], errors="ignore").astype(str)),
-                 **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
+                 **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots},
+                 "report": wandb.Html(str(report), inject=False)})
         offline, folder = run.wandb_run.offline, Path(run.wandb_run.settings.sync_dir)
         complete = not run.failed
     if offline and complete:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.latex import LatexConfig, write_latex
+from analysis.stats import BootstrapConfig
+
 SHOWN = [  # (column, scale, header) of the rendered table; every number is in summary.csv
     ("mauve", 100, "MAUVE"), ("diversity", 100, "diversity"), ("rep_2", 1, "rep-2"),
     ("coherence", 1, "coherence"), ("perplexity", 1, "perplexity"),
@@ -77,12 +80,13 @@ def render_markdown(summary: pd.DataFrame, min_samples: int, notes: list[str] = 
 
 
 def write_tables(per_seed: pd.DataFrame, summary: pd.DataFrame, per_text: pd.DataFrame,
-                 out: Path, min_samples: int, notes: list[str] = ()) -> str:
+                 out: Path, min_samples: int, notes: list[str], latex: LatexConfig,
+                 bootstrap: BootstrapConfig) -> str:
     per_seed.drop(columns=["mauve_values"], errors="ignore").to_csv(out / "per_seed.csv",
                                                                     index=False)
     per_text.to_csv(out / "per_text.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     markdown = render_markdown(summary, min_samples, notes)
     (out / "summary.md").write_text(markdown)
-    rendered(summary).to_latex(out / "summary.tex", index=False, na_rep="")
+    write_latex(summary, rendered(summary), out, latex, bootstrap.samples, bootstrap.level)
     return markdown
