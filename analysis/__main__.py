@@ -72,6 +72,8 @@ ConfigStore.instance().store(name="analysis_schema", node=AnalysisConfig)
 
 
 def load_config(overrides: list[str]) -> AnalysisConfig:
+    # baseline.params is an open mapping (any selector's parameters): its keys are added.
+    overrides = [f"++{o}" if o.startswith("baseline.params.") else o for o in overrides]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return OmegaConf.to_object(compose("analysis", overrides=overrides))
 
