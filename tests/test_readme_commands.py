@@ -14,7 +14,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import analysis.__main__ as analysis_entry
 import harness.__main__  # noqa: F401  (the job schema and the job_dirname resolver)
-from analysis.uncertainty import BaselineConfig
 from harness.runner import validate
 from harness.sweep import load_sweep
 from tests.conftest import ROOT
@@ -61,7 +60,5 @@ def test_a_readme_command_parses_composes_and_validates(command, tmp_path):
         name, *extra = args
         assert sum(compose_and_validate([*grid, *extra]) for grid in load_sweep(name)) >= 1
     else:
-        if "baseline.params" in command and isinstance(BaselineConfig().params, str):
-            pytest.skip("baseline.params becomes a mapping with issue 16's point 4")
         overrides = [a for a in args if "=" in a]
         analysis_entry.validate([tmp_path], analysis_entry.load_config(overrides))
