@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from analysis import features
 from analysis.load import DuplicateMismatch, find_jobs
+from analysis.plan import PlanConfig, plan_sweep
 from analysis.plots import make_plots
 from analysis.stats import BootstrapConfig
 from analysis.table import (
@@ -43,6 +44,7 @@ class AnalysisConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     write_back: bool = True  # add each job's metrics to its generation run's W&B summary
 
@@ -81,6 +83,8 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     markdown = write_tables(per_seed, summary, per_text, out, cfg.metrics.mauve.min_samples,
                             notes)
     plots = make_plots(summary, out / "plots")
+    plan, plan_markdown = plan_sweep(summary, per_text, jobs, cfg.metrics.mauve, cfg.baseline,
+                                     cfg.plan, [k for k in KEYS if k in summary], out)
     with wandb_run(cfg.wandb, out, job_type="analyze", group=out.name,
                    name=f"analyze-{out.name}", config=OmegaConf.to_container(
                        OmegaConf.structured(cfg))) as run:
@@ -91,10 +95,11 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
                 summary.notna(), None)),
                      "per_seed": wandb.Table(dataframe=per_seed.drop(
                          columns=["mauve_values"], errors="ignore").astype(str)),
+                     "plan": wandb.Table(dataframe=plan.astype(str)),
                      **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
     if cfg.write_back and cfg.wandb.mode != "disabled":
         write_back(jobs, per_seed, cfg.wandb, out)
-    print(markdown)
+    print(markdown + "\n" + plan_markdown)
     log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv, per_text.csv and %d plots; embedded "
              "%d texts (everything else came from the cache)", out, len(plots),
              features.stats["embedded"])
