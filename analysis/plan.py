@@ -50,6 +50,8 @@ SCALE = {"mauve": 100, "diversity": 100}  # the table shows these x 100; δ is i
 # With no plan.delta given: a few δs per metric the table shows a Δ of (table units).
 DEFAULT_GRID = {"mauve": [2, 5, 10], "diversity": [1, 2, 5], "coherence": [0.01, 0.02, 0.05],
                 "perplexity": [0.5, 1, 2]}
+PLANNABLE = ["mauve", "diversity", "rep_2", "rep_3", "rep_4", "coherence", "coherence_ll",
+             "perplexity", "mean_tokens", "eos_rate"]
 MIN_MAUVE_TEXTS = 20  # per side: fewer make a 2-cluster histogram, not a MAUVE
 EXPONENT_TOLERANCE = 0.15  # |fitted exponent + 1/2| beyond this: the 1/√n projection is suspect
 
@@ -59,8 +61,9 @@ class PlanConfig:
     """``plan`` in ``conf/analysis.yaml``."""
 
     power: float = 0.8
-    # metric -> δ or [δ, ...] in the table's units (MAUVE, diversity x 100); empty: DEFAULT_GRID
-    delta: dict[str, Any] = field(default_factory=dict)
+    # metric -> δ or [δ, ...] in the table's units (MAUVE, diversity x 100); all null: the
+    # DEFAULT_GRID; else only the metrics given
+    delta: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(PLANNABLE))
     bootstrap_samples: int = 2000  # per SE in the sub-sampling check
     subsamples: int = 16  # random prompt subsets per sub-sample size (SE metrics)
     mauve_subsamples: int = 2  # per size below the pilot's (each fits its own k-means)
@@ -71,13 +74,12 @@ class PlanConfig:
 
 
 def deltas(cfg: PlanConfig) -> dict[str, list[float]]:
-    grid = cfg.delta or DEFAULT_GRID
-    known = {"mauve", *PARTS}
+    grid = {m: v for m, v in cfg.delta.items() if v is not None} or DEFAULT_GRID
     result = {}
     for metric, value in grid.items():
-        if metric not in known:
+        if metric not in PLANNABLE:
             raise ValueError(f"plan.delta.{metric}: no such metric; plan one of "
-                             f"{', '.join(sorted(known))}.")
+                             f"{', '.join(PLANNABLE)}.")
         values = [float(v) for v in (value if isinstance(value, list | tuple) else [value])]
         if not values or min(values) <= 0:
             raise ValueError(f"plan.delta.{metric}={value}: δ must be > 0 (table units).")
@@ -104,14 +106,10 @@ def paired_sums(row: pd.DataFrame, base: pd.DataFrame, columns: list[str],
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-prompt sums ``[prompts, parts]`` of both rows over the (prompt, seed) pairs both
     have, so that a row with fewer seeds is compared only where it has texts."""
-    keys = ["prompt_id", "seed"]
-    common = row[keys].merge(base[keys]).drop_duplicates()
-
-    def sums(texts: pd.DataFrame) -> np.ndarray:
-        return texts.merge(common).groupby("prompt_id")[columns].sum().sort_index().to_numpy(
-            float)
-
-    return sums(row), sums(base)
+    row, base = (t.set_index(["prompt_id", "seed"])[columns] for t in (row, base))
+    common = row.index.intersection(base.index)
+    return tuple(t.loc[common].groupby(level="prompt_id").sum().sort_index().to_numpy(float)
+                 for t in (row, base))
 
 
 def bootstrap_se(a: np.ndarray, b: np.ndarray, stat, samples: int, seed: int) -> float:
@@ -311,19 +309,25 @@ def launch(job_dir: Path) -> tuple[str, list[str]]:
     return "python -m harness" + (" -m" if multi else ""), extra
 
 
-def extension_command(jobs: list[Job], n: int) -> str:
-    """The shell line, run from the dir the sweep was launched in, that grows every job of the
-    sweep to ``n`` prompts in place: the launch's own overrides with ``dataset.limit=n``.
-    Finished (prompt, seed) pairs are skipped, so the pilot's records stay as they are."""
-    lines = []
+def launches(jobs: list[Job]) -> list[tuple[str, list[str]]]:
+    """The distinct launches (entry point, overrides) of the jobs' dirs."""
+    found = []
     for job in jobs:
         for job_dir in job.dirs:
-            entry, overrides = launch(job_dir)
-            overrides = [o for o in overrides if not o.startswith("dataset.limit=")]
-            line = " ".join([entry, *map(shlex.quote, overrides), f"dataset.limit={n}"])
-            if line not in lines:
-                lines.append(line)
-    return " && ".join(lines)
+            if (entry := launch(job_dir)) not in found:
+                found.append(entry)
+    return found
+
+
+def extension_command(sweep: list[tuple[str, list[str]]], n: int) -> str:
+    """The shell line, run from the dir the sweep was launched in, that grows every job of the
+    sweep (its ``launches``) to ``n`` prompts in place: the launch's own overrides with
+    ``dataset.limit=n``. Finished (prompt, seed) pairs are skipped, so the pilot's records stay
+    as they are."""
+    return " && ".join(
+        " ".join([entry, *(shlex.quote(o) for o in overrides
+                           if not o.startswith("dataset.limit=")), f"dataset.limit={n}"])
+        for entry, overrides in sweep)
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -387,7 +391,8 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
     plan["tokens"] = [round(cost[int(n)]) if p else (math.nan if math.isnan(n) else 0)
                       for n, p in zip(plan["n_needed"], planned, strict=True)]
     plan["seconds"] = plan["tokens"] / rate
-    plan["command"] = [extension_command(jobs, int(n)) if p else ""
+    sweep = launches(jobs)
+    plan["command"] = [extension_command(sweep, int(n)) if p else ""
                        for n, p in zip(plan["n_needed"], planned, strict=True)]
     far = plan[(plan["exponent"] - (-0.5)).abs() > EXPONENT_TOLERANCE]
     far = far[far["metric"] != "mauve"]
