@@ -351,6 +351,8 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
               keys: list[str], seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
     """One row per (configuration, metric, δ); and the notes for under the printed plan."""
     grid = deltas(cfg)
+    if per_text.empty or "method" not in summary:
+        return pd.DataFrame(), ["No plan: no job could be analysed."]
     tests = table_tests(summary)
     z = z_total(tests, cfg.power)
     rate, device = throughput(jobs)
@@ -441,10 +443,10 @@ def plan_metric(metric: str, values: list[float], row: pd.Series, texts: pd.Data
             mauve_fits[pair] = mauve_null_fit(job, base_job, mauve_cfg, cfg, seed)
         sizes, sds = mauve_fits[pair]
         if len(sizes) < 3:
-            status = (f"pilot too small: {len(sizes)} sub-sample sizes with >= "
-                      f"{MIN_MAUVE_TEXTS} texts per side, 3 needed to fit the null sd")
+            why = (f"pilot too small: {len(sizes)} sub-sample sizes with >= "
+                   f"{MIN_MAUVE_TEXTS} texts per side, 3 needed to fit the null sd")
             return [{**common, "delta": d, "n_needed": math.nan, "extrapolation": math.nan,
-                     "status": status} for d in values]
+                     "status": why} for d in values]
         out = []
         for d in values:
             n, exponent = power_law_n(sizes, sds, d / scale, z)
