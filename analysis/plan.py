@@ -403,6 +403,8 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
             f"Warning: the SE of Δ does not scale as 1/√n on the pilot for {len(far)} "
             f"(row, metric, δ) entries (fitted exponent off −½ by more than "
             f"{EXPONENT_TOLERANCE}; column `exponent` of plan.csv): their n is less certain.")
+    for warning in warnings:
+        log.warning("%s", warning)
     notes = [
         f"Plan: {cfg.power:.0%} power for a two-sided 5% test after the table's Holm "
         f"adjustment over its m = {tests} tests, planned conservatively at α/m = "
@@ -413,7 +415,8 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
         "row and the baseline both have; `exponent` is the slope of log SE on log n over "
         "pilot sub-samples (n/4, n/2, n), −½ where the projection holds.",
         "MAUVE: the swap test's null sd at halving sub-sample sizes (each with its own k-means "
-        f"codebook) fitted by a power law; `extrapolation` = n / n_pilot; fewer than 3 sizes "
+        f"codebook) fitted by a power law (its `se_pilot` is that sd at the pilot's n, its "
+        f"`exponent` the fitted one); `extrapolation` = n / n_pilot; fewer than 3 sizes "
         f"with >= {MIN_MAUVE_TEXTS} texts per side: \"pilot too small\".",
         f"Cost: new tokens of every job of the sweep (each seed) up to n prompts, at "
         f"{rate:.1f} tok/s measured on {device} (timing.json); the dataset must hold n prompts.",
