@@ -15,7 +15,7 @@ from scipy.stats import norm
 
 from analysis import features
 from analysis.__main__ import analyse, load_config
-from analysis.load import find_jobs
+from analysis.load import Job, find_jobs
 from analysis.mauve import MauveConfig
 from analysis.plan import (
     PlanConfig,
@@ -226,3 +226,14 @@ def test_the_extension_command_keeps_the_pilot_and_adds_only_new_prompts(pilot):
         added = [json.loads(line) for line in new[len(old):].splitlines()]
         assert sorted((r["prompt_id"], r["seed"]) for r in added) == [
             (p, s) for p in (4, 5) for s in (0, 1)]
+
+
+def test_a_plain_multirun_is_extended_with_its_own_overrides(tmp_path):
+    job_dir = tmp_path / "multirun" / "adhoc" / "top_k"
+    job_dir.mkdir(parents=True)
+    (job_dir.parent / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {
+        "hydra": ["hydra.mode=MULTIRUN", "hydra.sweep.dir=out dir"],
+        "task": ["selector=top_k,greedy", "dataset.limit=4", "generation.seeds=[0,1]"]}}}))
+    assert extension_command(launches([Job({}, [job_dir])]), 9) == (
+        "python -m harness -m selector=top_k,greedy 'generation.seeds=[0,1]' "
+        "'hydra.sweep.dir=out dir' dataset.limit=9")
