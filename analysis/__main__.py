@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from analysis import features
 from analysis.latex import TableConfig, write_samples
 from analysis.load import DuplicateMismatch, find_jobs, load_notes
+from analysis.plan import PlanConfig, plan_sweep
 from analysis.plots import make_plots
 from analysis.render import write_tables
 from analysis.report import ReportConfig, write_report
@@ -64,6 +65,7 @@ class AnalysisConfig:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     table: TableConfig = field(default_factory=TableConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     write_back: bool = True  # add each job's metrics to its generation run's W&B summary
 
@@ -130,12 +132,14 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
     markdown = write_tables(per_seed, summary, per_text, out, cfg.metrics.mauve.min_samples,
                             notes, cfg.table.latex, cfg.bootstrap)
     plots = make_plots(summary, out / "plots")
+    plan, plan_markdown = plan_sweep(summary, per_text, jobs, cfg.metrics.mauve, cfg.baseline,
+                                     cfg.plan, ["method", *parameters(jobs)], out)
     write_samples(summary, jobs, out, cfg.table.latex)
-    report = write_report(summary, jobs, out, cfg.report, plots, notes)
-    log_analysis(cfg, out, jobs, summary, per_seed, plots, report)
+    report = write_report(summary, jobs, out, cfg.report, plots, notes)  # + plan.md
+    log_analysis(cfg, out, jobs, summary, per_seed, plots, report, plan)
     if cfg.write_back:
         write_back(jobs, summary, cfg.wandb)
-    print(markdown)
+    print(markdown + "\n" + plan_markdown)
     log.info("wrote %s/summary.{csv,md,tex}, per_seed.csv, per_text.csv and %d plots; embedded "
              "%d texts (everything else came from the cache)", out, len(plots),
              features.stats["embedded"])
@@ -143,7 +147,8 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
 
 
 def log_analysis(cfg: AnalysisConfig, out: Path, jobs: list, summary: pd.DataFrame,
-                 per_seed: pd.DataFrame, plots: list[Path], report: Path) -> None:
+                 per_seed: pd.DataFrame, plots: list[Path], report: Path,
+                 plan: pd.DataFrame) -> None:
     """The one analyze run of ``out``: tables and plots, in the sweeps' W&B group. Its id is
     kept in ``out``, so a re-analysis updates it (online) or replaces its folder (offline)."""
     id_file = out / ANALYZE_RUN_ID
@@ -162,6 +167,7 @@ def log_analysis(cfg: AnalysisConfig, out: Path, jobs: list, summary: pd.DataFra
                  "per_seed": wandb.Table(dataframe=per_seed.drop(
                      columns=["mauve_values"], errors="ignore").astype(str)),
                  **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots},
+                 "plan": wandb.Table(dataframe=plan.astype(str)),
                  "report": wandb.Html(str(report), inject=False)})
         offline, folder = run.wandb_run.offline, Path(run.wandb_run.settings.sync_dir)
         complete = not run.failed

@@ -421,7 +421,9 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
             job.timing = {"generate_seconds": seconds, "new_tokens": job.new_tokens,
                           "records": len(job.written), "fused_jobs": len(jobs),
                           "fused_new_tokens": tokens, "rows_per_forward": batch_size,
-                          "tokens_per_s": tokens / seconds if rows else 0.0}
+                          "tokens_per_s": tokens / seconds if rows else 0.0,
+                          "device": torch.cuda.get_device_name(loaded.device) if loaded.device.type
+                          == "cuda" else f"cpu, {torch.get_num_threads()} threads"}
             (job.dir / TIMING).write_text(json.dumps(job.timing) + "\n")
     return jobs
 

@@ -1,0 +1,239 @@
+"""The sample-size plan: calibrated by simulation (a planted paired effect is found with the
+planned power; no effect, no more false positives than the level), the 1/√n scaling check,
+MAUVE's power law, and on a tiny sweep the plan's output and its extension command."""
+
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy.stats import norm
+
+from analysis import features
+from analysis.__main__ import analyse, load_config
+from analysis.load import Job, find_jobs
+from analysis.mauve import MauveConfig
+from analysis.plan import (
+    PlanConfig,
+    bootstrap_se,
+    extension_command,
+    launches,
+    paired_sums,
+    power_law_n,
+    prompts_needed,
+    scaling_exponent,
+    swap_null_sd,
+    z_total,
+)
+from analysis.stats import compare, ratio, resample_counts, sign_flips
+from analysis.uncertainty import PARTS
+from harness.records import RECORDS, TIMING
+from harness.sweep import main as run_sweep
+from tests.conftest import ROOT, TINY
+
+
+def texts(values: np.ndarray, seeds: list[int]) -> pd.DataFrame:
+    """Per-text statistics of a mean metric: ``values [prompts, seeds]``."""
+    prompts, columns = values.shape
+    return pd.DataFrame({"prompt_id": np.repeat(np.arange(prompts), columns),
+                         "seed": np.tile(seeds, prompts), "coherence": values.ravel(),
+                         "texts": 1.0})
+
+
+def pilot_and_study(rng: np.random.Generator, n: int, effect: float,
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A 3-seed baseline and a 1-seed row (only seed 0 is paired), prompts differing a lot, the
+    row shifted by ``effect``."""
+    prompt = rng.normal(0, 2, size=(n, 1))
+    base = prompt + rng.normal(size=(n, 3))
+    row = prompt + rng.normal(size=(n, 1)) + effect
+    return texts(row, [0]), texts(base, [0, 1, 2])
+
+
+@pytest.mark.parametrize("tests", [1, 10])
+def test_planned_n_gives_the_planned_power_and_no_effect_stays_at_the_level(tests):
+    rng = np.random.default_rng(tests)
+    columns, stat = PARTS["coherence"]
+    delta, repeats, z = 0.5, 200, z_total(tests, 0.8)
+    level = 0.05 / tests
+    rejected = {delta: 0, 0.0: 0}
+    planned = []
+    for repeat in range(repeats):
+        n = prompts_needed(bootstrap_se(*paired_sums(*pilot_and_study(rng, 24, 0.0), columns),
+                                        stat, 2000, repeat), 24, delta, z)
+        planned.append(n)
+        for effect in rejected:
+            a, b = paired_sums(*pilot_and_study(rng, n, effect), columns)
+            result = compare(a, b, stat, resample_counts(n, 200, repeat),
+                             sign_flips(n, int(40 / level), repeat), 0.95)
+            rejected[effect] += result.p < level
+    # SE(Δ) = √2/√n exactly here, so the n an oracle would plan is known.
+    oracle = math.ceil(2 * (z / delta) ** 2)
+    assert np.median(planned) == pytest.approx(oracle, rel=0.15)
+    assert 0.70 <= rejected[delta] / repeats <= 0.90, rejected
+    assert rejected[0.0] / repeats <= max(0.08 / tests, 0.02), rejected
+
+
+def test_z_and_prompts_needed_by_hand():
+    assert z_total(1, 0.8) == pytest.approx(norm.ppf(0.975) + norm.ppf(0.8))
+    assert z_total(140, 0.9) == pytest.approx(norm.ppf(1 - 0.05 / 280) + norm.ppf(0.9))
+    # 24 x (2.8 x 1 / 1)^2 = 188.16 -> 189; exactly on the boundary stays there.
+    assert prompts_needed(1.0, 24, 1.0, 2.8) == 189
+    assert prompts_needed(0.5, 100, 1.0, 2.0) == 100
+
+
+def test_subsampling_exponent_is_minus_one_half_on_iid_prompts():
+    cfg = PlanConfig()
+    rng = np.random.default_rng(3)
+    for repeat in range(4):
+        a = np.stack([rng.normal(1, 1, 24), np.ones(24)], 1)
+        b = np.stack([rng.normal(0, 1, 24), np.ones(24)], 1)
+        assert scaling_exponent(a, b, ratio, cfg, repeat) == pytest.approx(-0.5, abs=0.1)
+        # a ratio metric: rep-2 of texts with i.i.d. n-gram counts
+        total = rng.integers(30, 50, size=(24, 1)).astype(float)
+        unique_a = np.minimum(total, rng.binomial(total.astype(int), 0.9))
+        unique_b = np.minimum(total, rng.binomial(total.astype(int), 0.8))
+        a, b = np.hstack([unique_a, total]), np.hstack([unique_b, total])
+        exponent = scaling_exponent(a, b, PARTS["rep_2"][1], cfg, repeat)
+        assert exponent == pytest.approx(-0.5, abs=0.1)
+
+
+def test_pairs_are_the_ones_both_rows_have():
+    row = texts(np.array([[1.0], [2.0]]), [0])
+    base = texts(np.array([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]]), [0, 1, 2])
+    a, b = paired_sums(row, base, ["coherence", "texts"])
+    assert a.tolist() == [[1.0, 1.0], [2.0, 1.0]]
+    assert b.tolist() == [[10.0, 1.0], [40.0, 1.0]]  # seed 0 only
+
+
+def test_mauve_power_law_by_hand_and_null_spread_shrinks_with_n():
+    sizes, sds = [10, 20, 40], [0.5 * n ** -0.4 for n in (10, 20, 40)]
+    n, exponent = power_law_n(sizes, sds, 0.02, 3.0)
+    assert exponent == pytest.approx(-0.4)
+    assert n == math.ceil((0.02 / 3.0 / 0.5) ** (1 / -0.4) - 1e-9)
+    assert power_law_n(sizes, sds[::-1], 0.02, 3.0)[0] == -1  # sd growing: no plan
+    rng = np.random.default_rng(4)
+    cfg = MauveConfig(kmeans_seeds=2)
+    spread = []
+    for size in (30, 120):
+        human, base, method = (rng.normal(shift, 1, size=(size, 8)) for shift in (0, 0.3, 0.3))
+        spread.append(swap_null_sd(human, base, method, np.arange(size), cfg,
+                                   sign_flips(size, 300, 0)))
+        assert swap_null_sd(human, base, base.copy(), np.arange(size), cfg,
+                            sign_flips(size, 300, 0)) == 0.0  # swapping equal texts: no spread
+    assert spread[1] < spread[0]
+
+
+def test_bad_plan_settings_are_named():
+    with pytest.raises(ValueError, match=r"plan\.delta\.bogus"):
+        PlanConfig(delta={"bogus": 2})
+    assert load_config(["plan.delta.rep_2=[1,2]"]).plan.delta["rep_2"] == [1, 2]
+    with pytest.raises(ValueError, match=r"plan\.delta\.diversity"):
+        load_config(["plan.delta.diversity=-1"])
+    with pytest.raises(ValueError, match=r"plan\.power"):
+        load_config(["plan.power=1.5"])
+
+
+# --- on a tiny sweep ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pilot(tmp_path_factory):
+    """A three-job union sweep of 4 prompts x 2 seeds, launched from its own dir."""
+    launch = tmp_path_factory.mktemp("launch")
+    (launch / "mini.yaml").write_text(yaml.safe_dump({"grids": [
+        {"selector": "top_k", "selector.top_k": 10},
+        {"selector": "locally_typical_distance", "selector.alpha": 0.2, "selector.top_k": 10},
+        {"selector": "top_p", "selector.top_p": 0.9}]}))
+    cwd = os.getcwd()
+    os.chdir(launch)
+    try:
+        run_sweep([str(launch / "mini.yaml"), *TINY, "dataset.limit=4", "generation.seeds=[0,1]"])
+    finally:
+        os.chdir(cwd)
+    return launch, launch / "multirun" / "mini"
+
+
+def analysis_config(*extra: str):
+    return load_config(["metrics.coherence.scorer=tiny", "metrics.mauve.kmeans_seeds=2",
+                        "wandb=disabled", *extra])
+
+
+def test_plan_of_a_tiny_sweep(pilot):
+    _, sweep = pilot
+    summary = analyse([sweep], analysis_config("plan.delta.coherence=[0.01,0.02]",
+                                               "plan.delta.perplexity=1"))
+    plan = pd.read_csv(sweep / "plan.csv")
+    assert {"method", "top_k", "top_p", "model", "dataset", "max_new_tokens", "metric", "delta",
+            "n_needed", "tokens", "seconds", "command"} <= set(plan)
+    assert sorted(set(plan["metric"])) == ["coherence", "perplexity"]  # only what was asked
+    assert len(plan) == 2 * 3  # two rows against top_k, three δs in all
+    same = plan[plan["method"] == "locally_typical_distance"]  # alpha 0.2: top_k's texts
+    assert (same["status"] == "identical to baseline: no n resolves it").all()
+    assert same["n_needed"].isna().all() and (same["command"].fillna("") == "").all()
+    top_p = plan[plan["method"] == "top_p"].set_index(["metric", "delta"])
+    p_values = [c for c in summary if c.startswith("p_") and not c.endswith("_holm")]
+    tests = int(summary[p_values].notna().sum().sum())  # Holm's m over the table
+    jobs = find_jobs([sweep])
+    timing = json.loads((jobs[0].dirs[0] / TIMING).read_text())
+    assert timing["device"].startswith("cpu")
+    for (_, delta), row in top_p.iterrows():
+        if row["status"] != "planned":
+            assert row["status"].startswith(("resolved at n = 4", "the pilot's n = 4"))
+            continue
+        n = int(row["n_needed"])
+        assert n == prompts_needed(row["se_pilot"], 4, delta, z_total(tests, 0.8))
+        # every job grows to n prompts with each of its seeds, at its mean length
+        tokens = sum((n - 4) * 2 * np.mean([r["num_tokens"] for r in job.records])
+                     for job in jobs)
+        assert row["tokens"] == pytest.approx(tokens, abs=1)
+        assert row["seconds"] == pytest.approx(row["tokens"] / timing["tokens_per_s"], rel=1e-6)
+        assert f"dataset.limit={n}" in row["command"]
+    coherence = top_p.loc["coherence"]
+    if (coherence["status"] == "planned").all():  # n ∝ 1/δ²
+        assert coherence.loc[0.01, "n_needed"] / coherence.loc[0.02, "n_needed"] == (
+            pytest.approx(4, rel=0.05))
+    markdown = (sweep / "plan.md").read_text()
+    assert "m = " in markdown and "identical to baseline" in markdown and "tok/s" in markdown
+
+
+def test_second_analysis_with_its_plan_featurizes_nothing(pilot):
+    _, sweep = pilot
+    analyse([sweep], analysis_config())
+    before = features.stats["embedded"]
+    analyse([sweep], analysis_config())
+    assert features.stats["embedded"] == before
+    assert {"mauve", "diversity", "coherence", "perplexity"} == set(
+        pd.read_csv(sweep / "plan.csv")["metric"])  # the default grid
+
+
+@pytest.mark.slow
+def test_the_extension_command_keeps_the_pilot_and_adds_only_new_prompts(pilot):
+    launch, sweep = pilot
+    jobs = find_jobs([sweep])
+    before = {d: (d / RECORDS).read_bytes() for job in jobs for d in job.dirs}
+    command = extension_command(launches(jobs), 6)
+    assert command.startswith("python -m harness.sweep ") and "dataset.limit=6" in command
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(command.replace("python", f"{ROOT / '.venv' / 'bin' / 'python'}", 1),
+                   shell=True, cwd=launch, env=env, check=True, capture_output=True)
+    for job_dir, old in before.items():
+        new = (job_dir / RECORDS).read_bytes()
+        assert new.startswith(old)  # every pilot record byte for byte, in place
+        added = [json.loads(line) for line in new[len(old):].splitlines()]
+        assert sorted((r["prompt_id"], r["seed"]) for r in added) == [
+            (p, s) for p in (4, 5) for s in (0, 1)]
+
+
+def test_a_plain_multirun_is_extended_with_its_own_overrides(tmp_path):
+    job_dir = tmp_path / "multirun" / "adhoc" / "top_k"
+    job_dir.mkdir(parents=True)
+    (job_dir.parent / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {
+        "hydra": ["hydra.mode=MULTIRUN", "hydra.sweep.dir=out dir"],
+        "task": ["selector=top_k,greedy", "dataset.limit=4", "generation.seeds=[0,1]"]}}}))
+    assert extension_command(launches([Job({}, [job_dir])]), 9) == (
+        "python -m harness -m selector=top_k,greedy 'generation.seeds=[0,1]' "
+        "'hydra.sweep.dir=out dir' dataset.limit=9")
