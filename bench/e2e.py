@@ -23,9 +23,10 @@ from bench.selectors import machine
 from bench.selectors import seconds as time_call
 from harness import cache_dir
 from harness.data import load_prompts
+from harness.decode import continuation_lengths
 from harness.models import load_model
 from harness.records import TIMING
-from harness.runner import build_selector, continuation_lengths, run_job
+from harness.runner import build_selector, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECTORS = [["selector=top_k", "selector.top_k=10"],
