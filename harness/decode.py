@@ -252,20 +252,24 @@ def free_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def kv_bytes_per_token(loaded: LoadedModel) -> int:
+    """One position of one row's KV cache, all layers."""
+    config = loaded.model.config.get_text_config(decoder=True)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * loaded.model.dtype.itemsize
+
+
 def bytes_per_row(loaded: LoadedModel, prompt_tokens: int, new_tokens: int) -> int:
     """What one more row costs: its KV cache, the logits step's float32 temporaries and the
     prefill's activations."""
     config = loaded.model.config.get_text_config(decoder=True)
-    itemsize = loaded.model.dtype.itemsize
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
     length = prompt_tokens + new_tokens
-    kv = 2 * config.num_hidden_layers * kv_heads * head_dim * length * itemsize
     logits = LOGITS_COPIES * config.vocab_size * 4
-    prefill = prompt_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * itemsize \
-        + heads * prompt_tokens * length * 4
-    return kv + logits + prefill
+    prefill = prompt_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * (
+        loaded.model.dtype.itemsize) + config.num_attention_heads * prompt_tokens * length * 4
+    return kv_bytes_per_token(loaded) * length + logits + prefill
 
 
 def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, new_tokens: int, rows: int) -> int:
