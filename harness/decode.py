@@ -3,8 +3,8 @@ static shapes.
 
 Shapes never change within a group, so a compiled step compiles once per process:
 - every prompt is exactly ``generation.prompt_tokens`` wide (``harness.data``), and every batch
-  has exactly ``batch_size`` rows: the last ones are padded with dummy rows, whose outputs are
-  dropped;
+  has exactly ``batch_size`` rows (or the group's row count, if smaller): the last ones are
+  padded with dummy rows, whose outputs are dropped;
 - one transformers ``StaticCache`` of ``prompt_tokens + max_new_tokens`` positions serves every
   batch (reset, never reallocated);
 - the layout is fixed for the whole group: each job owns the same slots (a contiguous slice of
@@ -291,8 +291,9 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
     if not total:
         return None
     auto = batch_size == "auto"
+    # never more rows than the group has: a lone small job decodes no dummy rows
     size = auto_batch_size(loaded, gen.prompt_tokens, gen.max_new_tokens, total) if auto \
-        else int(batch_size)
+        else min(int(batch_size), total)
     if auto:
         log.info("generation.batch_size=auto: %d rows per forward (%s, %d rows to generate)",
                  size, loaded.device, total)
