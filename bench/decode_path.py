@@ -1,6 +1,7 @@
 """The decode path against what it replaced, in one process, interleaved: ``harness.decode``'s
 static-shape loop (eager, as on CPU) vs transformers' ``generate`` with ``KeyedSampler`` (the
-runner's loop before issue 13), on the same fused batch of ``sweeps/seed_comparison`` rows.
+runner's loop before issue 13), on the same fused batch of ``sweeps/seed_comparison`` rows; and
+the same jobs one at a time at the same batch size (each job's rows alone, fewer than it).
 
 python -m bench.decode_path [--model smollm2] [--rows-per-job 2] [--new 16] [--repeats 5]
 """
@@ -54,6 +55,13 @@ def main() -> None:
     def new_path() -> torch.Tensor:
         return decoder.run(ids, keys, groups, True, alive, stop)[0]
 
+    single = Decoder(loaded, n, cfg.generation.prompt_tokens, args.new, compile=False)
+
+    def one_at_a_time() -> None:
+        for i, (selector, _) in enumerate(groups):
+            part = slice(i * n, (i + 1) * n)
+            single.run(ids[part], keys[part], [(selector, slice(0, n))], True, alive[part], stop)
+
     def old_path() -> torch.Tensor:
         sampler = KeyedSampler(groups, keys, ids.shape[1], record=True)
         return loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
@@ -63,11 +71,12 @@ def main() -> None:
     print(f"decode path on {machine(loaded.device)}: {len(configs)} seed_comparison jobs x "
           f"{n} prompts = {rows} rows per forward, {args.new} new tokens", flush=True)
     times: dict[str, list[float]] = {"generate + KeyedSampler (before)": [],
-                                     "harness.decode (now)": []}
+                                     "harness.decode (now)": [],
+                                     "now, one job at a time": []}
     with torch.inference_mode():
-        new_path(), old_path()  # warm-up
+        new_path(), old_path(), one_at_a_time()  # warm-up
         for _ in range(args.repeats):
-            for label, fn in zip(times, (old_path, new_path), strict=True):
+            for label, fn in zip(times, (old_path, new_path, one_at_a_time), strict=True):
                 start = time.perf_counter()
                 fn()
                 times[label].append(time.perf_counter() - start)
@@ -75,8 +84,10 @@ def main() -> None:
     print(f"over {args.repeats} interleaved repeats, min / median / max:")
     for label, values in times.items():
         print(f"  {label:34s} {spread(values)} s")
-    before, now = times.values()
+    before, now, alone = times.values()
     print(f"  now / before: {spread([b / a for a, b in zip(before, now, strict=True)])}x")
+    print(f"  one job at a time / fused: "
+          f"{spread([b / a for a, b in zip(now, alone, strict=True)])}x")
 
 
 def spread(values: list[float]) -> str:
