@@ -150,6 +150,7 @@ class Decoder:
         self.record = True
         self.step = self._step
         if compile:
+            torch._dynamo.mark_static_address(self.keys)  # refilled in place, as the cache
             backend, mode = COMPILERS.get(loaded.device.type, COMPILERS["cuda"])
             self.step = torch.compile(self._step, fullgraph=True, dynamic=False,
                                       backend=backend, mode=mode)
