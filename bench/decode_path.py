@@ -28,12 +28,15 @@ from harness.sampling import KeyedSampler, row_keys
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 1 repeat")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--rows-per-job", type=int, default=2)
     parser.add_argument("--new", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.new, args.repeats = "tiny", 4, 1
     dataset = args.dataset or ("tiny" if args.model == "tiny" else "austen")
     common = [f"model={args.model}", f"dataset={dataset}", f"dataset.limit={args.rows_per_job}",
               f"generation.max_new_tokens={args.new}", "wandb=disabled"]
