@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,9 +24,11 @@ from bench.selectors import machine
 from bench.selectors import seconds as time_call
 from harness import cache_dir
 from harness.data import load_prompts
+from harness.decode import continuation_lengths
 from harness.models import load_model
 from harness.records import TIMING
-from harness.runner import build_selector, continuation_lengths, run_job
+from harness.runner import build_selector, run_job
+from harness.sampling import row_keys, sample_step
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECTORS = [["selector=top_k", "selector.top_k=10"],
@@ -89,8 +92,8 @@ def harness_generate(cfg, job_dir: Path) -> tuple[float, int]:
 
 
 def throughput(common: list[str], out: Path, repeats: int) -> None:
-    """Tokens/s of the harness vs the bare call, best of ``repeats`` interleaved runs (this
-    machine's speed drifts by several percent from minute to minute)."""
+    """Tokens/s of the harness vs the bare call over ``repeats`` interleaved runs (this
+    machine's speed drifts): min / median / max of each, and of the per-repeat ratios."""
     base_cfg = compose([*common, *SELECTORS[0]])
     loaded = load_model(OmegaConf.to_object(base_cfg.model))  # loaded outside the timings
     bare_generate(base_cfg, [99])  # warm-up
@@ -102,21 +105,28 @@ def throughput(common: list[str], out: Path, repeats: int) -> None:
             cfg = compose([*common, *overrides])
             seconds, tokens = harness_generate(cfg, out / f"{repeat}_{'_'.join(overrides)}")
             harness_rates[i].append(tokens / seconds)
-    bare = max(bare_rates)
-    print(f"bare model.generate(top_k=10): {bare:.1f} tok/s (best of {repeats}: "
-          f"{', '.join(f'{r:.1f}' for r in bare_rates)})")
+    print(f"bare model.generate(top_k=10): {spread(bare_rates)} tok/s (min / median / max of "
+          f"{repeats} interleaved runs)")
     for i, overrides in enumerate(SELECTORS):
-        rate = max(harness_rates[i])
-        print(f"harness {' '.join(overrides):62s}: {rate:.1f} tok/s = {rate / bare:.3f}x bare")
+        ratios = [h / b for h, b in zip(harness_rates[i], bare_rates, strict=True)]
+        print(f"harness {' '.join(overrides):62s}: {spread(harness_rates[i])} tok/s; "
+              f"{spread(ratios, 3)}x bare")
     batch = base_cfg.generation.batch_size
     logits = torch.randn(batch, loaded.model.config.vocab_size, device=loaded.device) * 3
-    step = batch / bare  # seconds of one decoding step of the whole batch
+    keys = row_keys(torch.zeros(batch), torch.arange(batch)).to(loaded.device)
+    step = batch / statistics.median(bare_rates)  # seconds of one decoding step of the batch
+    graph_safe = loaded.device.type != "cpu"  # what harness.decode runs there
     for overrides in SELECTORS:
-        selector = build_selector(compose([*common, *overrides]).selector)
-        proc = selector.logits_processor(record=True)
-        cost = time_call(lambda p=proc: p(None, logits), loaded.device, 7)
-        print(f"  {overrides[0]:42s} processor + diagnostics: {cost * 1e3:.3f} ms/step = "
-              f"{cost / step:.1%} of a {step * 1e3:.1f} ms decoding step")
+        groups = [(build_selector(compose([*common, *overrides]).selector), slice(0, batch))]
+        cost = time_call(lambda g=groups: sample_step(logits, g, keys, 5, True, graph_safe),
+                         loaded.device, 7)
+        print(f"  {overrides[0]:42s} keyed sampling step (selector + diagnostics + noise): "
+              f"{cost * 1e3:.3f} ms = {cost / step:.1%} of a {step * 1e3:.1f} ms decoding step")
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in (min(values), statistics.median(values),
+                                                  max(values)))
 
 
 PEAK_RSS_MIB: dict[str, float] = {}
@@ -201,7 +211,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new", type=int, default=48)
     parser.add_argument("--limit", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["amortisation", "analysis"])
     args = parser.parse_args()
     model = args.model or ("tiny" if args.smoke else "smollm2")

@@ -1,10 +1,13 @@
-"""Fused vs one-job-at-a-time sweeps: ``sweeps/seed_comparison`` at demo size (or any size), the
-share of records identical between the two, and optionally the same sweep run by an older
-checkout of the harness (``--before DIR``, e.g. a ``git worktree`` of the last commit before
-keyed sampling) for the speed-up over what the demo did before.
+"""Fused vs one-job-at-a-time sweeps: ``sweeps/seed_comparison`` at demo size (or any size), at
+the same ``generation.batch_size`` both ways, the share of records identical between the two,
+and optionally the same fused sweep run by an older checkout of the harness (``--before DIR``,
+e.g. ``git archive`` of an earlier commit) for the change over what the demo did before.
 
-python -m bench.fusion [--smoke] [--model smollm2] [--limit 24] [--new 48] [--batch 8]
-                       [--fused-batch 88] [--before DIR] [--repeats 1]
+Runs are interleaved (this machine's speed drifts); each is reported as min / median / max
+over ``--repeats``, and each ratio as the median of the per-repeat ratios with their range.
+
+python -m bench.fusion [--smoke] [--model smollm2] [--limit 24] [--new 48] [--batch 88]
+                       [--before DIR] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,11 +60,11 @@ def main() -> None:
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--limit", type=int, default=24)
     parser.add_argument("--new", type=int, default=48)
-    parser.add_argument("--batch", type=int, default=8, help="rows per forward, one job at a time")
-    parser.add_argument("--fused-batch", type=int, default=88, help="rows per forward, fused")
+    parser.add_argument("--batch", type=int, default=88,
+                        help="generation.batch_size, rows per forward, fused and not")
     parser.add_argument("--before", type=Path, default=None,
-                        help="an older checkout: its own sweep at --batch, for comparison")
-    parser.add_argument("--repeats", type=int, default=1)
+                        help="an older checkout: its own fused sweep, for comparison")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     model = args.model or ("tiny" if args.smoke else "smollm2")
     dataset = args.dataset or ("tiny" if model == "tiny" else "austen")
@@ -68,31 +72,37 @@ def main() -> None:
             f"generation.max_new_tokens={args.new}", "generation.seeds=[0]", "wandb=disabled"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"seed_comparison (11 jobs) on {machine(device)}: {' '.join(size)}")
-    runs = {"one job at a time": (ROOT, ["hydra/launcher=basic",
-                                         f"generation.batch_size={args.batch}"]),
-            "fused": (ROOT, [f"generation.batch_size={args.fused_batch}"])}
+    batch = f"generation.batch_size={args.batch}"
+    runs = {"fused": (ROOT, [batch]),
+            "one job at a time": (ROOT, ["hydra/launcher=basic", batch])}
     if args.before:
-        runs["before keyed sampling (one at a time)"] = (
-            args.before.resolve(), [f"generation.batch_size={args.batch}"])
-    best: dict[str, float] = {}
+        runs["before (fused, older checkout)"] = (args.before.resolve(), [batch])
+    seconds: dict[str, list[float]] = {label: [] for label in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # interleaved: this machine's speed drifts
             for number, (label, (code, extra)) in enumerate(runs.items()):
                 out = Path(tmp, f"{repeat}-{number}")
-                seconds = sweep(code, out, [*size, *extra])
-                best[label] = min(best.get(label, float("inf")), seconds)
-                print(f"{label:42s} {extra[-1]:28s} {seconds:7.1f} s  "
-                      f"{tokens(out) / seconds:7.1f} tok/s (whole process, model load included)",
+                took = sweep(code, out, [*size, *extra])
+                seconds[label].append(took)
+                print(f"{label:32s} {' '.join(extra):50s} {took:7.1f} s  "
+                      f"{tokens(out) / took:7.1f} tok/s (whole process, model load included)",
                       flush=True)
-        first = Path(tmp, "0-0")
+        print(f"over {args.repeats} interleaved repeats, min / median / max:")
+        for label, values in seconds.items():
+            print(f"  {label:32s} {spread(values, 's')}")
         for label in runs:
             if label != "fused":
-                print(f"speed-up of fused over {label}: "
-                      f"{best[label] / best['fused']:.2f}x")
-        unfused, fused = texts(first), texts(Path(tmp, "0-1"))
+                ratios = [a / b for a, b in zip(seconds[label], seconds["fused"], strict=True)]
+                print(f"  {label} / fused: {spread(ratios, 'x')}")
+        unfused, fused = texts(Path(tmp, "0-1")), texts(Path(tmp, "0-0"))
         same = sum(fused.get(key) == text for key, text in unfused.items())
         print(f"records identical between fused and one-at-a-time: {same} of {len(unfused)} "
               f"({same / len(unfused):.1%})")
+
+
+def spread(values: list[float], unit: str) -> str:
+    return (f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f} {unit} "
+            f"(n={len(values)})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@
 #                           GPU machine without the bundled assets or a package registry (carry
 #                           wheels of hydra-core, omegaconf, antlr4-python3-runtime, datasets,
 #                           dill and multiprocess; see bench/RESULTS.md)
+#   bench/gpu.sh --random study   the study-sized sweeps of issue 13 instead (about 8 minutes):
+#                           seed_comparison fused on SmolLM2's shape (256 prompts x 1 seed x 256
+#                           tokens) and 4 configurations x 128 prompts on Llama-3-8B's, each at
+#                           generation.batch_size=auto, eager then compiled twice (bench.study)
 #   bench/gpu.sh --smoke    the same code on CPU with the tiny model, in seconds (CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +22,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ "${1:-}" = "--smoke" ]; then
   "$PY" -m bench.selectors --smoke
   "$PY" -m bench.e2e --smoke --batch 4 --new 8 --limit 8 --skip amortisation
-  "$PY" -m bench.fusion --smoke --limit 4 --new 8 --batch 2 --fused-batch 44
+  "$PY" -m bench.fusion --smoke --limit 4 --new 8 --batch 4 --repeats 1
+  "$PY" -m bench.study --smoke
   exit 0
 fi
 if [ "${1:-}" = "--random" ]; then
@@ -29,8 +34,13 @@ else
   SMOL=(--model smollm2 --dataset austen)
   LLAMA=(--model llama3_8b_random --dataset austen)
 fi
+if [ "${2:-}" = "study" ]; then
+  "$PY" -m bench.study "${SMOL[@]}" --jobs 11 --limit 256 --new 256 --today 6425
+  "$PY" -m bench.study "${LLAMA[@]}" --jobs 4 --limit 128 --new 256 --today 2000
+  exit 0
+fi
 "$PY" -m bench.selectors
-"$PY" -m bench.e2e "${SMOL[@]}" --batch 64 --new 256 --limit 64 --repeats 2 --skip amortisation \
+"$PY" -m bench.e2e "${SMOL[@]}" --batch 64 --new 256 --limit 64 --repeats 5 --skip amortisation \
   --compile-probe
-"$PY" -m bench.fusion "${SMOL[@]}" --limit 64 --new 256 --batch 64 --fused-batch 704
-"$PY" -m bench.e2e "${LLAMA[@]}" --batch 64 --new 256 --limit 64 --repeats 2 --skip amortisation
+"$PY" -m bench.fusion "${SMOL[@]}" --limit 64 --new 256 --batch 704 --repeats 5
+"$PY" -m bench.e2e "${LLAMA[@]}" --batch 64 --new 256 --limit 64 --repeats 5 --skip amortisation

@@ -32,14 +32,15 @@ from typing import Any
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria
 
-from harness import identity
-from harness.data import DatasetConfig, Prompt, check_dataset, load_prompts
-from harness.models import LoadedModel, ModelConfig, load_model
+from harness import decode, identity
+from harness.data import DatasetConfig, check_dataset, load_prompts
+from harness.decode import Row
+from harness.models import ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
-from harness.sampling import SAMPLER_VERSION, KeyedSampler, row_keys
-from harness.selectors import Selector, StepDiagnostics, make_selector
+from harness.sampling import SAMPLER_VERSION
+from harness.selectors import Selector, make_selector
 from harness.tracking import RUN_ID, TIMINGS, WandbConfig, check_wandb, publish_job
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,13 @@ class GenerateConfig:
 
     prompt_tokens: int = 32
     max_new_tokens: int = 64
-    batch_size: int = 8  # rows (prompt x seed x job) per forward pass, fused or not
+    # rows (prompt x seed x job) per forward pass, fused or not; or "auto": the largest batch
+    # that fits the device's free memory (harness.decode.auto_batch_size)
+    batch_size: Any = 8
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     diagnostics: bool = True
     samples_to_log: int = 16  # rows of the W&B sample table
-    compile: bool = False  # static KV cache, which generate compiles on CUDA (bench/RESULTS.md)
+    compile: bool = False  # torch.compile the decode step (CUDA graphs on a GPU; harness.decode)
 
 
 @dataclass
@@ -129,8 +132,11 @@ def validate(cfg: DictConfig) -> Selector:
         raise JobError(str(error)) from None
     gen = cfg.generation
     for key in ("prompt_tokens", "max_new_tokens", "batch_size"):
-        if gen[key] < 1:
-            raise JobError(f"generation.{key}={gen[key]} must be >= 1.")
+        if key == "batch_size" and gen[key] == "auto":
+            continue
+        if isinstance(gen[key], bool) or not isinstance(gen[key], int) or gen[key] < 1:
+            raise JobError(f"generation.{key}={gen[key]} must be an integer >= 1"
+                           + (" or auto." if key == "batch_size" else "."))
     seeds = list(gen.seeds)
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise JobError(f"generation.seeds={seeds} must be a non-empty list of distinct integers "
@@ -209,45 +215,6 @@ def read_records(path: Path, expected_hash: str) -> dict[tuple[int, int], dict]:
     return {(r["prompt_id"], r["seed"]): r for r in parsed.records}
 
 
-def summarize_steps(steps: list[StepDiagnostics], lengths: torch.Tensor) -> list[dict]:
-    """Per-row means over the steps each row actually generated (its EOS step included)."""
-    if not steps:
-        return [{} for _ in lengths]
-    valid = torch.arange(len(steps))[:, None] < lengths[None, :].cpu()
-    count = valid.sum(0).clamp_min(1)
-    out = {}
-    for name in ("kept", "mass", "mean_rank", "topk_identical"):
-        values = torch.stack([getattr(s, name).float().cpu() for s in steps])
-        out[name] = ((values * valid).sum(0) / count).tolist()
-    # 6 decimals: the float noise of a larger batch's matmul must not show in a record
-    return [{"kept_mean": round(k, 6), "mass_mean": round(m, 6), "rank_mean": round(r, 6),
-             "topk_identical_rate": round(t, 6)}
-            for k, m, r, t in zip(out["kept"], out["mass"], out["mean_rank"],
-                                  out["topk_identical"], strict=True)]
-
-
-def generation_config(loaded: LoadedModel, max_new_tokens: int,
-                      compile: bool = False) -> GenerationConfig:
-    """generate's greedy path with every transformers default that could touch the scores off:
-    ``KeyedSampler`` alone decides (its noise makes greedy's argmax a sample). ``compile``: a
-    static KV cache, whose forward generate compiles on CUDA."""
-    extra = {"cache_implementation": "static"} if compile else {}
-    return GenerationConfig(**extra,
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
-        repetition_penalty=1.0, no_repeat_ngram_size=0, renormalize_logits=False,
-        eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.tokenizer.pad_token_id,
-        use_cache=True,
-    )
-
-
-def continuation_lengths(new: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor,
-                                                                               torch.Tensor]:
-    """Tokens before each row's first EOS (all of them without one), and whether it had one."""
-    is_eos = torch.isin(new, torch.tensor(eos_token_ids, device=new.device))
-    has_eos = is_eos.any(-1)
-    return torch.where(has_eos, is_eos.int().argmax(-1), new.shape[1]), has_eos
-
-
 @dataclass
 class Job:
     """One job of a generation: its config, dir, selector, and what this run wrote."""
@@ -264,15 +231,9 @@ class Job:
     timing: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Row:
-    job: Job
-    prompt: Prompt
-    seed: int
-
-
 class StopOnSignal(StoppingCriteria):
-    """Ends ``generate`` at the next step once a signal was received (set ``signum``)."""
+    """Ends decoding (``harness.decode``, or ``generate``) at the next step once a signal was
+    received (set ``signum``)."""
 
     signum: int | None = None
 
@@ -301,41 +262,6 @@ def sigterm_stops(stop: StopOnSignal) -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
-
-
-def generate_rows(loaded: LoadedModel, rows: list[Row], gen: GenerateConfig,
-                  stop: StopOnSignal) -> list[dict]:
-    """One forward-pass batch: each row's record (empty if a signal cut it short)."""
-    tokenizer, device = loaded.tokenizer, loaded.device
-    padded = tokenizer.pad({"input_ids": [list(r.prompt.input_ids) for r in rows]},
-                           return_tensors="pt")
-    groups, start = [], 0
-    for end in range(1, len(rows) + 1):  # contiguous runs of one job share its selector
-        if end == len(rows) or rows[end].job is not rows[start].job:
-            groups.append((rows[start].job.selector, slice(start, end)))
-            start = end
-    keys = row_keys(torch.tensor([r.seed for r in rows]),
-                    torch.tensor([r.prompt.prompt_id for r in rows])).to(device)
-    width = padded["input_ids"].shape[1]
-    sampler = KeyedSampler(groups, keys, width, record=gen.diagnostics)
-    with torch.inference_mode():
-        output = loaded.model.generate(
-            input_ids=padded["input_ids"].to(device),
-            attention_mask=padded["attention_mask"].to(device),
-            generation_config=generation_config(loaded, gen.max_new_tokens, gen.compile),
-            logits_processor=[sampler], stopping_criteria=StoppingCriteriaList([stop]),
-        )
-    if stop.signum is not None:
-        return []
-    new = output[:, width:].cpu()
-    lengths, has_eos = continuation_lengths(new, loaded.eos_token_ids)
-    diagnostics = summarize_steps(sampler.steps, lengths + has_eos.int())
-    return [{"prompt_id": row.prompt.prompt_id, "seed": row.seed, "prompt": row.prompt.prompt,
-             "continuation": tokenizer.decode(tokens[:n], skip_special_tokens=True),
-             "reference": row.prompt.reference, "num_tokens": n,
-             "finish_reason": "eos" if eos else "length", **diag}
-            for row, tokens, n, eos, diag in zip(rows, new, lengths.tolist(), has_eos.tolist(),
-                                                 diagnostics, strict=True)]
 
 
 def append(job: Job, out: Any, records: list[dict]) -> None:
@@ -396,18 +322,16 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
                 if (prompt.prompt_id, seed) not in job.done]
         total = sum(len(job.seeds) for job in jobs) * len(prompts)
         files = {id(job): stack.enter_context(open_append(job.dir / RECORDS)) for job in jobs}
-        batch_size = min(job.cfg.generation.batch_size for job in jobs)
+        sizes = {job.cfg.generation.batch_size for job in jobs}
+        batch_size = "auto" if "auto" in sizes else min(sizes)
         stop = StopOnSignal()
         stack.enter_context(sigterm_stops(stop))
         desc = jobs[0].name if len(jobs) == 1 else f"{len(jobs)} jobs fused"
         bar = stack.enter_context(tqdm(total=total, initial=total - len(rows), desc=desc,
                                        unit="row", dynamic_ncols=True))
         started = time.perf_counter()
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            records = generate_rows(loaded, batch, gen, stop)
-            if stop.signum is not None:
-                raise Terminated(stop.signum)
+
+        def write(batch: list[Row], records: list[dict]) -> None:
             for job in jobs:
                 mine = [rec for row, rec in zip(batch, records, strict=True) if row.job is job]
                 if mine:
@@ -415,6 +339,12 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
             tokens = sum(job.new_tokens for job in jobs)
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
             bar.update(len(batch))
+
+        jobs_rows = [[row for row in rows if row.job is job] for job in jobs]
+        used = decode.generate(loaded, jobs_rows, gen, batch_size, stop, write)
+        if stop.signum is not None:
+            raise Terminated(stop.signum)
+        batch_size = used or batch_size
         seconds = time.perf_counter() - started
         tokens = sum(job.new_tokens for job in jobs)
         for job in jobs:  # this invocation's

@@ -14,7 +14,9 @@ as ``(u + 0.5)·2^-23`` (never 0 or 1, so G is always finite). So:
 
 Noise is hashed only where a token is kept when few are (top-k style cuts), else in cache-sized
 row chunks (on CPU); either way it costs less than the softmax + ``torch.multinomial`` it replaces
-(bench/RESULTS.md).
+(bench/RESULTS.md). ``sample_step(..., graph_safe=True)`` (what ``harness.decode`` runs on a GPU
+or compiled) decides nothing from a device value: dense noise, diagnostics ranked by each
+selector's own static choice, and NaN reported as a device flag; its draws are the same.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessor
 
-from harness.selectors import Selector, StepDiagnostics, check_no_nan, diagnose_prepared
+from harness.selectors import Selector, StepDiagnostics, diagnose_prepared, nan_error
 
 SAMPLER_VERSION = "keyed-gumbel-1"  # part of every record's config hash
 NEG_INF = float("-inf")
@@ -59,8 +61,8 @@ def row_keys(seeds: Tensor, prompt_ids: Tensor) -> Tensor:
     return mix64(key.add_(prompt_ids.to(torch.int64)).mul_(GOLDEN))
 
 
-def step_keys(keys: Tensor, step: int) -> Tensor:
-    """The keys of generated step ``step`` (0-based)."""
+def step_keys(keys: Tensor, step: int | Tensor) -> Tensor:
+    """The keys of generated step ``step`` (0-based; an int or a 0-d int64 tensor)."""
     return mix64((keys + step).mul_(GOLDEN))
 
 
@@ -76,11 +78,13 @@ def gumbel(u: Tensor) -> Tensor:
     return u.log_().neg_().log_().neg_()
 
 
-def perturb(logits: Tensor, keep: Tensor, keys: Tensor) -> Tensor:
+def perturb(logits: Tensor, keep: Tensor, keys: Tensor, graph_safe: bool = False) -> Tensor:
     """``logits + G`` where kept, ``-inf`` elsewhere: its row-wise argmax is the sampled token.
-    ``logits`` float32 ``[rows, vocab]``; ``keys`` the rows' step keys ``[rows]``."""
+    ``logits`` float32 ``[rows, vocab]``; ``keys`` the rows' step keys ``[rows]``. The sparse
+    path (few kept) reads the keep count on the host; ``graph_safe`` always takes the dense one,
+    which gives the same values."""
     out = torch.full_like(logits, NEG_INF)
-    if keep.sum() <= SPARSE_SHARE * keep.numel():
+    if not graph_safe and keep.sum() <= SPARSE_SHARE * keep.numel():
         rows, tokens = keep.nonzero(as_tuple=True)
         out[rows, tokens] = logits[rows, tokens] + gumbel(uniforms(keys[rows], tokens))
         return out
@@ -93,16 +97,47 @@ def perturb(logits: Tensor, keep: Tensor, keys: Tensor) -> Tensor:
     return out
 
 
+Groups = list[tuple[Selector, slice]]
+
+
+def sample_step(scores: Tensor, groups: Groups, keys: Tensor, step: int | Tensor,
+                record: bool = False, graph_safe: bool = False,
+                ) -> tuple[Tensor, StepDiagnostics | None, Tensor]:
+    """One decoding step's sampling: each group of rows (a contiguous slice, one configuration)
+    keeps what its selector keeps, and the kept logits get the rows' keyed Gumbel noise.
+    Returns the perturbed logits (their row-wise argmax is the sample), the step's diagnostics
+    (``record``) and a 0-d bool tensor, True where the logits held a NaN. ``graph_safe``: no
+    host read of a device value (``torch.compile(fullgraph=True)``, CUDA graphs)."""
+    logits = scores.float()
+    has_nan = logits.amax().isnan()  # max propagates NaN: one pass, no temporary
+    if logits is scores:
+        logits = logits.clone()
+    keep = torch.empty_like(logits, dtype=torch.bool)
+    for selector, rows in groups:
+        logits[rows] = selector.prepare(logits[rows])
+        keep[rows] = selector.select(logits[rows])
+    diagnostics = None
+    if record and not graph_safe:
+        diagnostics = diagnose_prepared(logits, keep)
+    elif record:
+        parts = [diagnose_prepared(logits[rows], keep[rows],
+                                   "count" if selector.keeps_most_probable else "sort")
+                 for selector, rows in groups]
+        diagnostics = StepDiagnostics(*(torch.cat(values) for values in zip(*(
+            (d.kept, d.mass, d.mean_rank, d.topk_identical) for d in parts), strict=True)))
+    perturbed = perturb(logits, keep, step_keys(keys.to(logits.device), step), graph_safe)
+    return perturbed, diagnostics, has_nan
+
+
 class KeyedSampler(LogitsProcessor):
-    """The last (and only) logits processor of a greedy-path ``generate``: each group of rows
-    (a contiguous slice, one per configuration) keeps what its selector keeps, and the kept
-    logits get the rows' keyed Gumbel noise, so greedy's argmax draws the sample.
+    """``sample_step`` as the last (and only) logits processor of a greedy-path ``generate``, so
+    greedy's argmax draws the sample (the reference that ``harness.decode`` is tested against).
 
     ``prompt_length`` is the (left-padded) prompt width: step t = current length - it.
     ``record=True`` keeps one ``StepDiagnostics`` per step for the whole batch.
     """
 
-    def __init__(self, groups: list[tuple[Selector, slice]], keys: Tensor, prompt_length: int,
+    def __init__(self, groups: Groups, keys: Tensor, prompt_length: int,
                  record: bool = False) -> None:
         self.groups = groups
         self.keys = keys
@@ -112,14 +147,10 @@ class KeyedSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: Tensor) -> Tensor:
         step = input_ids.shape[1] - self.prompt_length
-        logits = scores.float()
-        check_no_nan(logits, step + 1, ", ".join(sorted({s.name for s, _ in self.groups})))
-        if logits is scores:
-            logits = logits.clone()
-        keep = torch.empty_like(logits, dtype=torch.bool)
-        for selector, rows in self.groups:
-            logits[rows] = selector.prepare(logits[rows])
-            keep[rows] = selector.select(logits[rows])
-        if self.record:
-            self.steps.append(diagnose_prepared(logits, keep))
-        return perturb(logits, keep, step_keys(self.keys.to(logits.device), step))
+        perturbed, diagnostics, has_nan = sample_step(scores, self.groups, self.keys, step,
+                                                      self.record)
+        if has_nan:
+            raise nan_error(step + 1, ", ".join(sorted({s.name for s, _ in self.groups})))
+        if diagnostics is not None:
+            self.steps.append(diagnostics)
+        return perturbed

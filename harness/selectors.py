@@ -86,6 +86,9 @@ class Selector:
     """Base class: a ranking ``score`` plus a ``cut``; subclasses set ``name`` and override them."""
 
     name: str = ""
+    # Its kept set is always its n most probable tokens (a threshold on probability), up to
+    # ties: diagnostics rank by counting within the top tokens, never by a sort.
+    keeps_most_probable: bool = True
 
     def __init__(self, temperature: float = 1.0) -> None:
         _check(self.name, "temperature", temperature,
@@ -131,36 +134,60 @@ class Selector:
         return diagnose_prepared(self.prepare(logits), keep)
 
 
-def diagnose_prepared(logits: Tensor, keep: Tensor) -> StepDiagnostics:
-    """``Selector.diagnose`` on logits that already went through ``Selector.prepare``."""
+def diagnose_prepared(logits: Tensor, keep: Tensor, ranking: str = "auto") -> StepDiagnostics:
+    """``Selector.diagnose`` on logits that already went through ``Selector.prepare``.
+
+    A row whose kept set is its ``kept`` most probable tokens has mean rank (kept - 1) / 2; any
+    other row's ranks are counted. ``ranking`` says how, each exact: ``"count"`` within the top
+    ``RANK_BY_COUNTING`` tokens (exact while the least probable kept token lies there),
+    ``"sort"`` by a full sort, ``"auto"`` the cheaper of the two for this batch, which reads the
+    batch on the host: ``"count"`` and ``"sort"`` never do (``harness.decode``'s compiled step).
+    """
     kept = keep.sum(-1)
     mass = (logits.softmax(-1) * keep).sum(-1)
     least_kept = logits.masked_fill(~keep, math.inf).amin(-1, keepdim=True)
     at_least_as_probable = (logits >= least_kept).sum(-1)
     topk_identical = at_least_as_probable == kept
-    if bool(topk_identical.all()):
-        mean_rank = (kept - 1) / 2
-    elif (depth := int(at_least_as_probable.max())) <= RANK_BY_COUNTING:
+    depth = min(RANK_BY_COUNTING, logits.shape[-1])
+    if ranking == "auto":
+        if bool(topk_identical.all()):
+            ranking = "none"
+        elif (depth := int(at_least_as_probable.max())) <= RANK_BY_COUNTING:
+            ranking = "count"
+        else:
+            ranking = "sort"
+    if ranking == "none":
+        rank_sum = torch.zeros_like(kept)
+    elif ranking == "count":
         # Ranking needs only the tokens at least as probable as the least probable kept one
         # (a few dozen for the locally typical methods): one topk, then count within it.
         values, index = logits.topk(depth, dim=-1)
         ahead = (values[:, None, :] > values[:, :, None]) | (
             (values[:, None, :] == values[:, :, None]) & (index[:, None, :] < index[:, :, None]))
-        mean_rank = (ahead.sum(-1) * keep.gather(-1, index)).sum(-1) / kept
+        rank_sum = (ahead.sum(-1) * keep.gather(-1, index)).sum(-1)
+    elif ranking == "sort":
+        order = logits.sort(dim=-1, descending=True, stable=True).indices
+        positions = torch.arange(logits.shape[-1], device=logits.device)
+        rank_sum = (keep.gather(-1, order) * positions).sum(-1)
     else:
-        position = logits.sort(dim=-1, descending=True, stable=True).indices.argsort(-1)
-        mean_rank = (position * keep).sum(-1) / kept
+        raise ValueError(f"ranking={ranking!r}; use auto, count or sort.")
+    # Row by row, so a row's value never depends on the other rows of its batch.
+    mean_rank = torch.where(topk_identical, (kept - 1) / 2, rank_sum / kept)
     return StepDiagnostics(kept, mass, mean_rank.float(), topk_identical)
 
 
 def check_no_nan(logits: Tensor, position: int, methods: str) -> None:
     """Refuse NaN logits (max propagates NaN: one pass, no temporary)."""
     if logits.amax().isnan():
-        raise FloatingPointError(
-            f"the model produced NaN logits at generated position {position} ({methods}); "
-            "nothing is sampled from NaN. Run the model in float32 (model.dtype=float32) or "
-            "check its weights."
-        )
+        raise nan_error(position, methods)
+
+
+def nan_error(position: int, methods: str) -> FloatingPointError:
+    return FloatingPointError(
+        f"the model produced NaN logits at generated position {position} ({methods}); "
+        "nothing is sampled from NaN. Run the model in float32 (model.dtype=float32) or "
+        "check its weights."
+    )
 
 
 class SelectorLogitsProcessor(LogitsProcessor):
@@ -260,6 +287,7 @@ class TopP(Selector):
     """
 
     name = "top_p"
+    keeps_most_probable = False  # ties at the cut are split by sort position
 
     def __init__(self, top_p: float = 0.95, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -281,6 +309,7 @@ class Typical(Selector):
     """
 
     name = "typical"
+    keeps_most_probable = False
 
     def __init__(self, typical_p: float = 0.95, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -351,7 +380,8 @@ class Eta(_ProbabilityThreshold):
         self.eta = float(eta)
 
     def threshold(self, probs: Tensor, logits: Tensor) -> Tensor:
-        h = torch.distributions.Categorical(logits=logits).entropy()[..., None]
+        h = torch.distributions.Categorical(logits=logits, validate_args=False).entropy()
+        h = h[..., None]
         eta = torch.tensor(self.eta, device=logits.device)
         return torch.min(eta, torch.sqrt(eta) * torch.exp(-h))
 
@@ -381,6 +411,8 @@ class TopNSigma(Selector):
 class _Distance(Selector):
     """A distance d ranks the tokens; keep the best ``top_k`` and, if ``mass`` is set, no more
     than the smallest best-first prefix holding that mass (both: the shorter prefix)."""
+
+    keeps_most_probable = False
 
     def __init__(self, alpha: float, top_k: int | None, mass: float | None,
                  temperature: float) -> None:
@@ -423,6 +455,7 @@ class LocallyTypical(_Distance):
     def __init__(self, alpha: float = 0.0, top_k: int | None = 10, mass: float | None = None,
                  temperature: float = 1.0) -> None:
         super().__init__(alpha, top_k, mass, temperature)
+        self.alpha32 = float(torch.tensor(self.alpha, dtype=torch.float32))
         if self.alpha > 1:
             warnings.warn(
                 f"locally_typical with alpha={alpha} > 1 is degenerate: it selects exactly the "
@@ -430,7 +463,7 @@ class LocallyTypical(_Distance):
 
     def distance(self, logp: Tensor, h: Tensor) -> Tensor:
         d = (logp + h).abs_()  # |s - H|
-        alpha = float(torch.tensor(self.alpha, dtype=logp.dtype))  # as the kernel will see it
+        alpha = self.alpha32  # as the kernel sees it (logp is float32)
         return d.add_(logp, alpha=-alpha) if alpha else d  # + alpha·s (0·inf would be NaN)
 
 

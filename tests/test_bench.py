@@ -1,4 +1,5 @@
-"""The GPU benchmark script must not rot: its --smoke mode runs the same code on CPU."""
+"""The GPU benchmark script must not rot: its --smoke mode runs the same code on CPU (the
+study mode of issue 13 included: a fused group, eager then compiled twice, tiny model)."""
 
 import subprocess
 import sys
@@ -16,6 +17,8 @@ def test_gpu_bench_smoke_runs_and_reports_ratios():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x bare" in done.stdout and "x typical" in done.stdout
     assert "% of a" in done.stdout
+    assert "min / median / max" in done.stdout  # fusion: spreads over interleaved repeats
+    assert "compiled, steady" in done.stdout and "20 M-token study" in done.stdout
 
 
 @pytest.mark.slow

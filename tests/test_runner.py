@@ -12,8 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.data import DatasetConfig, load_prompts
+from harness.decode import generation_config
 from harness.models import ModelConfig, load_model
-from harness.runner import JobError, generation_config, run_job
+from harness.runner import JobError, run_job
 from harness.sampling import KeyedSampler, row_keys
 from harness.selectors import SELECTORS, make_selector
 from harness.sweep import load_sweep

@@ -1,0 +1,323 @@
+"""The decode path: the rows of a fused group of jobs -> their records, batch by batch, at
+static shapes.
+
+Shapes never change within a group, so a compiled step compiles once per process:
+- every prompt is exactly ``generation.prompt_tokens`` wide (``harness.data``), and every batch
+  has exactly ``batch_size`` rows (or the group's row count, if smaller): the last ones are
+  padded with dummy rows, whose outputs are dropped;
+- one transformers ``StaticCache`` of ``prompt_tokens + max_new_tokens`` positions serves every
+  batch (reset, never reallocated);
+- the layout is fixed for the whole group: each job owns the same slots (a contiguous slice of
+  rows) in every batch, so each selector runs on a constant slice with its own parameters as
+  constants. Slots are shared in proportion to the jobs' remaining rows; a job that has run out
+  fills its slots with dummy rows. (Per-row parameter tensors, as vLLM's batched sampler, would
+  let the layout vary, but a group mixes methods: each row would pay for every method of its
+  group -- 7 for ``seed_comparison``, two of them full-vocabulary sorts -- where a fixed slice
+  pays for its own.)
+
+With ``generation.compile`` the decode step (the model's forward over the static cache and the
+whole logits step: selectors, diagnostics, keyed noise) is one ``torch.compile(fullgraph=True)``
+graph, with CUDA graphs on a GPU and inductor on CPU. The step reads no device value on the host
+(``sample_step(graph_safe=True)``): NaN logits raise after the batch, naming the position, and
+EOS is checked every ``CHECK_EOS_EVERY`` steps (each row still stops at its own EOS). On CPU
+without compilation the same loop runs eagerly with the cheaper data-dependent choices of
+``sample_step`` (host reads cost nothing there); the records are the same.
+
+``generation.batch_size=auto``: the largest batch that fits the free memory (``auto_batch_size``);
+on out-of-memory the batch in flight is retried at half the size, after every finished batch was
+written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig, StaticCache
+
+from harness.data import Prompt
+from harness.models import LoadedModel
+from harness.sampling import Groups, row_keys, sample_step
+from harness.selectors import nan_error
+
+log = logging.getLogger(__name__)
+
+CHECK_EOS_EVERY = 16  # steps between host reads of "has every row ended?"
+# Float32 [rows, vocab] temporaries the logits step holds at once (logits, prepared, softmax,
+# score, sort values and order, keep, noise in int64, perturbed, ...): a generous count.
+LOGITS_COPIES = 16
+MEMORY_MARGIN = 0.8  # share of the free memory that auto may plan to use
+# torch.compile's backend and mode by device: inductor with CUDA graphs on a GPU. On CPU, dynamo
+# captures the same whole-step graph (fullgraph, no recompiles: what CI checks) but runs it with
+# aten's own kernels: inductor's C++ code for this step failed to build (a VecMask<int> /
+# VecMask<float> mismatch) or crashed the process at exit with torch 2.13.0+cpu on our VM, and
+# its fused softmax rounds differently from eager, so records would not match across the flag.
+COMPILERS = {"cuda": ("inductor", "reduce-overhead"), "cpu": ("eager", None)}
+
+
+@dataclass(frozen=True)
+class Row:
+    job: Any  # harness.runner.Job: its .selector decodes this row
+    prompt: Prompt
+    seed: int
+
+
+def generation_config(loaded: LoadedModel, max_new_tokens: int,
+                      compile: bool = False) -> GenerationConfig:
+    """generate's greedy path with every transformers default that could touch the scores off,
+    so that ``KeyedSampler`` alone decides: the reference this module is tested against."""
+    extra = {"cache_implementation": "static"} if compile else {}
+    return GenerationConfig(**extra,
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, renormalize_logits=False,
+        eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.tokenizer.pad_token_id,
+        use_cache=True,
+    )
+
+
+def continuation_lengths(new: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """Tokens before each row's first EOS (all of them without one), and whether it had one."""
+    is_eos = torch.isin(new, torch.tensor(eos_token_ids, device=new.device))
+    has_eos = is_eos.any(-1)
+    return torch.where(has_eos, is_eos.int().argmax(-1), new.shape[1]), has_eos
+
+
+def summarize_steps(values: Tensor, lengths: Tensor) -> list[dict]:
+    """Per-row means over the steps each row actually generated (its EOS step included).
+    ``values``: ``[4, steps, rows]`` (kept, mass, mean rank, top-k identical)."""
+    valid = torch.arange(values.shape[1])[:, None] < lengths[None, :].cpu()
+    count = valid.sum(0).clamp_min(1)
+    kept, mass, rank, identical = (((v.cpu() * valid).sum(0) / count).tolist() for v in values)
+    # 6 decimals: the float noise of a larger batch's matmul must not show in a record
+    return [{"kept_mean": round(k, 6), "mass_mean": round(m, 6), "rank_mean": round(r, 6),
+             "topk_identical_rate": round(t, 6)}
+            for k, m, r, t in zip(kept, mass, rank, identical, strict=True)]
+
+
+def plan_slots(counts: Sequence[int], batch_size: int) -> list[int]:
+    """Each job's rows per batch (``counts``: its remaining rows), summing to at most
+    ``batch_size``: one slot each, then one at a time to the job that needs the most batches."""
+    slots = [1] * len(counts)
+    for _ in range(batch_size - len(counts)):
+        need = [-(-n // s) for n, s in zip(counts, slots, strict=True)]
+        if max(need) <= 1:
+            break
+        slots[need.index(max(need))] += 1
+    return slots
+
+
+def batches(jobs_rows: list[list[Row]], batch_size: int
+            ) -> Iterator[tuple[list[Row | None], Groups]]:
+    """The group's batches in its fixed layout: ``batch_size`` rows each (None: a dummy row),
+    and each job's selector with its slice. More jobs than rows: jobs go ``batch_size`` at a
+    time, each such part with its own layout."""
+    jobs_rows = [rows for rows in jobs_rows if rows]
+    for first in range(0, len(jobs_rows), batch_size):
+        part = jobs_rows[first : first + batch_size]
+        slots = plan_slots([len(rows) for rows in part], batch_size)
+        groups, start = [], 0
+        for rows, n in zip(part, slots, strict=True):
+            groups.append((rows[0].job.selector, slice(start, start + n)))
+            start += n
+        for b in range(max(-(-len(rows) // n) for rows, n in zip(part, slots, strict=True))):
+            batch: list[Row | None] = []
+            for rows, n in zip(part, slots, strict=True):
+                mine = rows[b * n : (b + 1) * n]
+                batch += mine + [None] * (n - len(mine))
+            yield batch + [None] * (batch_size - len(batch)), groups
+
+
+class Decoder:
+    """A static KV cache for ``rows`` rows and (with ``compile``) the compiled decode step: made
+    once per process and shape (``decoder()``), reused by every batch of every group."""
+
+    def __init__(self, loaded: LoadedModel, rows: int, prompt_tokens: int, new_tokens: int,
+                 compile: bool) -> None:
+        self.key = (id(loaded.model), rows, prompt_tokens, new_tokens, compile)
+        self.loaded, self.rows = loaded, rows
+        self.prompt_tokens, self.new_tokens = prompt_tokens, new_tokens
+        self.compiled = compile
+        self.graph_safe = compile or loaded.device.type != "cpu"
+        self.cache = StaticCache(config=loaded.model.config,
+                                 max_cache_len=prompt_tokens + new_tokens)
+        self.groups: Groups = []
+        self.keys = torch.zeros(rows, dtype=torch.int64, device=loaded.device)
+        self.record = True
+        self.step = self._step
+        if compile:
+            torch._dynamo.mark_static_address(self.keys)  # refilled in place, as the cache
+            backend, mode = COMPILERS.get(loaded.device.type, COMPILERS["cuda"])
+            self.step = torch.compile(self._step, fullgraph=True, dynamic=False,
+                                      backend=backend, mode=mode)
+
+    def sample(self, logits: Tensor, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The logits step: next tokens ``[rows]``, diagnostics ``[4, rows]``, NaN flag."""
+        perturbed, diagnostics, has_nan = sample_step(logits, self.groups, self.keys, step,
+                                                      self.record, self.graph_safe)
+        stats = (torch.stack([diagnostics.kept.float(), diagnostics.mass,
+                              diagnostics.mean_rank, diagnostics.topk_identical.float()])
+                 if diagnostics is not None else logits.new_zeros(4, logits.shape[0]))
+        return perturbed.argmax(-1), stats, has_nan
+
+    def _step(self, tokens: Tensor, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Generated step ``step`` >= 1: feed the tokens of step - 1, sample step's."""
+        position = (step + (self.prompt_tokens - 1)).view(1, 1).expand(self.rows, 1)
+        logits = self.loaded.model(input_ids=tokens[:, None], position_ids=position,
+                                   cache=self.cache, use_cache=True).logits[:, -1]
+        return self.sample(logits, step)
+
+    def run(self, input_ids: Tensor, keys: Tensor, groups: Groups, record: bool,
+            alive: Tensor, stop: Any) -> tuple[Tensor, Tensor, Tensor] | None:
+        """One batch: generated tokens ``[rows, steps]``, diagnostics ``[4, steps, rows]`` and the
+        NaN flags ``[steps]``; None when ``stop.signum`` was set. ``alive``: the real rows."""
+        self.groups, self.record = groups, record
+        self.keys.copy_(keys)
+        device, steps = input_ids.device, self.new_tokens
+        tokens = torch.empty(self.rows, steps, dtype=torch.long, device=device)
+        stats = torch.zeros(4, steps, self.rows, device=device)
+        nan = torch.zeros(steps, dtype=torch.bool, device=device)
+        eos = torch.tensor(self.loaded.eos_token_ids, device=device)
+        step_ids = torch.arange(steps, device=device)
+        self.cache.reset()
+        logits = self.loaded.model(input_ids=input_ids, cache=self.cache, use_cache=True,
+                                   logits_to_keep=1).logits[:, -1]
+        out = self.sample(logits, step_ids[0])
+        for t in range(steps):
+            if t:
+                out = self.step(tokens[:, t - 1], step_ids[t])
+            tokens[:, t], stats[:, t], nan[t] = out  # copied out before the next replay
+            if stop.signum is not None:
+                return None
+            if (t + 1) % CHECK_EOS_EVERY == 0 and t + 1 < steps:
+                ended = torch.isin(tokens[:, : t + 1], eos).any(-1) | ~alive
+                if bool(ended.all()):
+                    return tokens[:, : t + 1], stats[:, : t + 1], nan[: t + 1]
+        return tokens, stats, nan
+
+
+_DECODER: list[Decoder] = []  # the process's one decoder (its cache is the big allocation)
+
+
+def decoder(loaded: LoadedModel, rows: int, prompt_tokens: int, new_tokens: int,
+            compile: bool) -> Decoder:
+    """This process's decoder of that shape, made (and compiled) on first use."""
+    key = (id(loaded.model), rows, prompt_tokens, new_tokens, compile)
+    if not _DECODER or _DECODER[0].key != key:
+        _DECODER.clear()  # frees the previous cache first
+        _DECODER.append(Decoder(loaded, rows, prompt_tokens, new_tokens, compile))
+    return _DECODER[0]
+
+
+def decode_batch(loaded: LoadedModel, batch: list[Row | None], groups: Groups, gen: Any,
+                 stop: Any) -> list[dict] | None:
+    """One batch's records, one per real row (None if a signal cut it short)."""
+    real = [row for row in batch if row is not None]
+    padded = [row or real[0] for row in batch]  # dummy rows decode a real prompt, then vanish
+    device = loaded.device
+    dec = decoder(loaded, len(batch), gen.prompt_tokens, gen.max_new_tokens, gen.compile)
+    input_ids = torch.tensor([list(r.prompt.input_ids) for r in padded], device=device)
+    keys = row_keys(torch.tensor([r.seed for r in padded]),
+                    torch.tensor([r.prompt.prompt_id for r in padded]))
+    alive = torch.tensor([row is not None for row in batch], device=device)
+    with torch.inference_mode():
+        done = dec.run(input_ids, keys.to(device), groups, gen.diagnostics, alive, stop)
+    if done is None:
+        return None
+    tokens, stats, nan = (t.cpu() for t in done)
+    if bool(nan.any()):
+        raise nan_error(int(nan.int().argmax()) + 1,
+                        ", ".join(sorted({s.name for s, _ in groups})))
+    index = [i for i, row in enumerate(batch) if row is not None]
+    new = tokens[index]
+    lengths, has_eos = continuation_lengths(new, loaded.eos_token_ids)
+    diagnostics = (summarize_steps(stats[:, :, index], lengths + has_eos.int())
+                   if gen.diagnostics else [{} for _ in index])
+    decode = loaded.tokenizer.decode
+    return [{"prompt_id": row.prompt.prompt_id, "seed": row.seed, "prompt": row.prompt.prompt,
+             "continuation": decode(row_tokens[:n], skip_special_tokens=True),
+             "reference": row.prompt.reference, "num_tokens": n,
+             "finish_reason": "eos" if eos else "length", **diag}
+            for row, row_tokens, n, eos, diag in zip(real, new, lengths.tolist(),
+                                                     has_eos.tolist(), diagnostics, strict=True)]
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` (CUDA: the driver's count; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def kv_bytes_per_token(loaded: LoadedModel) -> int:
+    """One position of one row's KV cache, all layers."""
+    config = loaded.model.config.get_text_config(decoder=True)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * loaded.model.dtype.itemsize
+
+
+def bytes_per_row(loaded: LoadedModel, prompt_tokens: int, new_tokens: int) -> int:
+    """What one more row costs: its KV cache, the logits step's float32 temporaries and the
+    prefill's activations."""
+    config = loaded.model.config.get_text_config(decoder=True)
+    length = prompt_tokens + new_tokens
+    logits = LOGITS_COPIES * config.vocab_size * 4
+    prefill = prompt_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * (
+        loaded.model.dtype.itemsize) + config.num_attention_heads * prompt_tokens * length * 4
+    return kv_bytes_per_token(loaded) * length + logits + prefill
+
+
+def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, new_tokens: int, rows: int) -> int:
+    """The largest batch that fits ``MEMORY_MARGIN`` of the free memory, at most ``rows``."""
+    fits = int(free_memory(loaded.device) * MEMORY_MARGIN) // bytes_per_row(
+        loaded, prompt_tokens, new_tokens)
+    return max(1, min(fits, rows))
+
+
+def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_size: int | str,
+             stop: Any, write: Callable[[list[Row], list[dict]], None]) -> int | None:
+    """Decode every row of ``jobs_rows`` (one list per job, in the group's job order), handing
+    each finished batch's (rows, records) to ``write``. ``batch_size``: an int or ``"auto"``;
+    with auto, an out-of-memory error halves it and retries the batch in flight (finished
+    batches are already written). Returns the rows per forward used last (None: no rows), or
+    None as soon as ``stop.signum`` is set."""
+    pending = [list(rows) for rows in jobs_rows]
+    total = sum(map(len, pending))
+    if not total:
+        return None
+    auto = batch_size == "auto"
+    # never more rows than the group has: a lone small job decodes no dummy rows
+    size = auto_batch_size(loaded, gen.prompt_tokens, gen.max_new_tokens, total) if auto \
+        else min(int(batch_size), total)
+    if auto:
+        log.info("generation.batch_size=auto: %d rows per forward (%s, %d rows to generate)",
+                 size, loaded.device, total)
+    while True:
+        try:
+            for batch, groups in batches(pending, size):
+                records = decode_batch(loaded, batch, groups, gen, stop)
+                if records is None:
+                    return None
+                real = [row for row in batch if row is not None]
+                write(real, records)
+                finished = {id(row) for row in real}
+                pending = [[r for r in rows if id(r) not in finished] for rows in pending]
+            return size
+        except torch.OutOfMemoryError as error:
+            _DECODER.clear()
+            if loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if not auto or size == 1:
+                raise torch.OutOfMemoryError(
+                    f"generation.batch_size={size} does not fit in {loaded.device}'s memory "
+                    f"({error}). Every finished batch is written: re-run with "
+                    "generation.batch_size=auto or a smaller size to resume.") from error
+            size //= 2
+            log.warning("out of memory: generation.batch_size=auto now %d rows per forward",
+                        size)
