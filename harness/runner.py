@@ -354,7 +354,8 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
                           "tokens_per_s": tokens / seconds if rows else 0.0,
                           "device": torch.cuda.get_device_name(loaded.device) if loaded.device.type
                           == "cuda" else f"cpu, {torch.get_num_threads()} threads"}
-            (job.dir / TIMING).write_text(json.dumps(job.timing) + "\n")
+            if rows:  # a resume with nothing left keeps the last measurement (the plan's rate)
+                (job.dir / TIMING).write_text(json.dumps(job.timing) + "\n")
     return jobs
 
 
