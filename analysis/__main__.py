@@ -133,7 +133,8 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
                             notes, cfg.table.latex, cfg.bootstrap)
     plots = make_plots(summary, out / "plots")
     plan, plan_markdown = plan_sweep(summary, per_text, jobs, cfg.metrics.mauve, cfg.baseline,
-                                     cfg.plan, ["method", *parameters(jobs)], out)
+                                     cfg.plan, ["method", *parameters(jobs), "model", "dataset",
+                                              "max_new_tokens"], out)
     write_samples(summary, jobs, out, cfg.table.latex)
     report = write_report(summary, jobs, out, cfg.report, plots, notes)  # + plan.md
     log_analysis(cfg, out, jobs, summary, per_seed, plots, report, plan)
