@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from hydra_plugins.harness_plugins.sweeper import job_dir_and_config
 
@@ -32,20 +32,28 @@ ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLau
                              provider="decoding-harness")
 
 
+def sweep_configs(launcher: BasicLauncher, job_overrides: Sequence[Sequence[str]],
+                  initial_job_idx: int) -> list[DictConfig]:
+    """What every launch of a fused launcher starts with: Hydra's globals and logging, the sweep
+    dir, and each job's full config (numbered as the basic launcher numbers them)."""
+    setup_globals()
+    assert launcher.config is not None and launcher.hydra_context is not None
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    configs = []
+    for number, overrides in enumerate(job_overrides, initial_job_idx):
+        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config,
+                                                                        list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = number
+        configs.append(config)
+    return configs
+
+
 class FusedLauncher(BasicLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        setup_globals()
-        assert self.config is not None and self.hydra_context is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = []
-        for number, overrides in enumerate(job_overrides, initial_job_idx):
-            config = self.hydra_context.config_loader.load_sweep_config(self.config,
-                                                                        list(overrides))
-            with open_dict(config):
-                config.hydra.job.id = config.hydra.job.num = number
-            configs.append(config)
+        configs = sweep_configs(self, job_overrides, initial_job_idx)
         from harness.runner import Terminated, pregenerate  # torch: only once jobs are launched
 
         jobs = [(*job_dir_and_config(c), dict(c.hydra.job.env_set)) for c in configs]

@@ -32,16 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job
 from hydra_plugins.hydra_submitit_launcher.config import (
     BaseQueueConf,
     LocalQueueConf,
     SlurmQueueConf,
 )
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.harness_plugins.fused_launcher import job_dir_and_config
+from hydra_plugins.harness_plugins.fused_launcher import job_dir_and_config, sweep_configs
 
 log = logging.getLogger(__name__)
 HERE = "hydra_plugins.harness_plugins.fused_submitit"
@@ -141,17 +141,7 @@ class FusedSubmititLauncher(BaseSubmititLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        setup_globals()
-        assert self.config is not None and self.hydra_context is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = []
-        for number, overrides in enumerate(job_overrides, initial_job_idx):
-            config = self.hydra_context.config_loader.load_sweep_config(self.config,
-                                                                        list(overrides))
-            with open_dict(config):
-                config.hydra.job.id = config.hydra.job.num = number
-            configs.append(config)
+        configs = sweep_configs(self, job_overrides, initial_job_idx)
         from harness import runner  # torch: only once jobs are launched
         from harness.shards import merge, shard_is_complete
 
