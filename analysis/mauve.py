@@ -112,8 +112,17 @@ def mauve_of_histograms(p: np.ndarray, q: np.ndarray, scaling_factor: float,
 def mauve_swap_test(human: np.ndarray, base: np.ndarray, method: np.ndarray,
                     prompt_of_text: np.ndarray, cfg: MauveConfig, flips: np.ndarray,
                     ) -> tuple[float, float]:
-    """Δ MAUVE (method - baseline) and its paired swap-test p-value. One k-means codebook per
-    k-means seed is fit on human ∪ baseline ∪ method features; each replicate swaps the two
+    """Δ MAUVE (method - baseline) and its paired swap-test p-value
+    (``mauve_swap_null``)."""
+    delta, null = mauve_swap_null(human, base, method, prompt_of_text, cfg, flips)
+    return delta, permutation_p(null, delta)
+
+
+def mauve_swap_null(human: np.ndarray, base: np.ndarray, method: np.ndarray,
+                    prompt_of_text: np.ndarray, cfg: MauveConfig, flips: np.ndarray,
+                    ) -> tuple[float, np.ndarray]:
+    """Δ MAUVE (method - baseline) and its swap-test null replicates ``[B]``. One k-means
+    codebook per k-means seed is fit on human ∪ baseline ∪ method features; each replicate swaps the two
     configurations' labels of the prompts ``flips [B, prompts]`` marks and recomputes both
     MAUVEs from histograms only. Δ and the null are averaged over the k-means seeds. Rows of
     ``base`` and ``method`` are the same (prompt, seed) texts in the same order."""
@@ -144,5 +153,4 @@ def mauve_swap_test(human: np.ndarray, base: np.ndarray, method: np.ndarray,
                     mauve_of_histograms(p, hist(np.where(swap, b, m)), cfg.scaling_factor)
                     - mauve_of_histograms(p, hist(np.where(swap, m, b)), cfg.scaling_factor))
             nulls.append(null)
-    delta = float(np.mean(deltas))
-    return delta, permutation_p(np.mean(nulls, axis=0), delta)
+    return float(np.mean(deltas)), np.mean(nulls, axis=0)

@@ -33,11 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from threadpoolctl import threadpool_limits
 
 from analysis.features import disk_cached, featurize
 from analysis.load import Job
-from analysis.mauve import MauveConfig, faiss_warnings_silenced, mauve_of_histograms, quantize
+from analysis.mauve import MauveConfig, mauve_swap_null
 from analysis.stats import resample_counts, sign_flips
 from analysis.uncertainty import PARTS, BaselineConfig, matching, with_parts
 from harness.records import TIMING
@@ -148,29 +147,8 @@ def scaling_exponent(a: np.ndarray, b: np.ndarray, stat, cfg: PlanConfig, seed: 
 
 def swap_null_sd(human: np.ndarray, base: np.ndarray, method: np.ndarray,
                  prompt_of_text: np.ndarray, cfg: MauveConfig, flips: np.ndarray) -> float:
-    """The sd of the table's MAUVE swap-test null (``mauve.mauve_swap_test``): one codebook per
-    k-means seed on human ∪ baseline ∪ method, each replicate swaps the two rows' labels of
-    the prompts ``flips`` marks, and the null is averaged over the k-means seeds."""
-    n = len(base)
-    buckets = max(2, round(min(len(human), n) / 10)) if cfg.num_buckets == "auto" else int(
-        cfg.num_buckets)
-    swap = flips[:, prompt_of_text].astype(bool)
-    nulls = []
-    with threadpool_limits(limits=1), faiss_warnings_silenced():
-        for seed in range(cfg.kmeans_seeds):
-            labels = quantize(np.vstack([human, base, method]), buckets, seed)
-            h, b, m = labels[: len(human)], labels[len(human) : len(human) + n], labels[-n:]
-            p = np.bincount(h, minlength=buckets) / len(h)
-
-            def hist(lab: np.ndarray) -> np.ndarray:
-                rows = np.arange(lab.shape[0])[:, None] * buckets
-                counts = np.bincount((lab + rows).ravel(), minlength=lab.shape[0] * buckets)
-                return counts.reshape(lab.shape[0], buckets) / lab.shape[1]
-
-            nulls.append(mauve_of_histograms(p, hist(np.where(swap, b, m)), cfg.scaling_factor)
-                         - mauve_of_histograms(p, hist(np.where(swap, m, b)),
-                                               cfg.scaling_factor))
-    return float(np.std(np.mean(nulls, axis=0)))
+    """The sd of the table's MAUVE swap-test null (``mauve.mauve_swap_null``)."""
+    return float(np.std(mauve_swap_null(human, base, method, prompt_of_text, cfg, flips)[1]))
 
 
 def seed_features(job: Job, cfg: MauveConfig) -> dict[int, dict]:
