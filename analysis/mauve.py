@@ -123,9 +123,9 @@ def mauve_swap_null(human: np.ndarray, base: np.ndarray, method: np.ndarray,
                     ) -> tuple[float, np.ndarray]:
     """Δ MAUVE (method - baseline) and its swap-test null replicates ``[B]``. One k-means
     codebook per k-means seed is fit on human ∪ baseline ∪ method features; each replicate
-    swaps the two configurations' labels of the prompts ``flips [B, prompts]`` marks and recomputes both
-    MAUVEs from histograms only. Δ and the null are averaged over the k-means seeds. Rows of
-    ``base`` and ``method`` are the same (prompt, seed) texts in the same order."""
+    swaps the two configurations' labels of the prompts ``flips [B, prompts]`` marks and
+    recomputes both MAUVEs from histograms only. Δ and the null are averaged over the k-means
+    seeds. Rows of ``base`` and ``method`` are the same (prompt, seed) texts in the same order."""
     n = len(base)
     buckets = max(2, round(min(len(human), n) / 10)) if cfg.num_buckets == "auto" else int(
         cfg.num_buckets)
