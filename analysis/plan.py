@@ -328,7 +328,7 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
               mauve_cfg: MauveConfig, baseline: BaselineConfig, cfg: PlanConfig,
               keys: list[str], seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
     """One row per (configuration, metric, δ); and the notes for under the printed plan."""
-    grid = deltas(cfg)
+    grid = {m: v for m, v in deltas(cfg).items() if m in summary}  # a failed family: none
     if per_text.empty or "method" not in summary:
         return pd.DataFrame(), ["No plan: no job could be analysed."]
     tests = table_tests(summary)
