@@ -237,7 +237,7 @@ def test_the_seed_sweep_runs_as_two_array_tasks_with_the_in_process_records(
     config = load_config(["metrics.coherence.scorer=tiny", "metrics.mauve.kmeans_seeds=1",
                           "wandb=disabled"])
     mine, theirs = analyse([tmp_path / "slurm"], config), analyse([reference], config)
-    assert mine.equals(theirs)
+    assert mine.drop(columns="job").equals(theirs.drop(columns="job"))  # job: the dirs' paths
 
 
 @pytest.mark.slow
