@@ -40,6 +40,7 @@ from analysis.table import (
     human_rows,
     job_rows,
     parameters,
+    settings,
     summarize,
 )
 from analysis.uncertainty import BaselineConfig, add_uncertainty, check_baseline
@@ -133,8 +134,8 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
                             notes, cfg.table.latex, cfg.bootstrap)
     plots = make_plots(summary, out / "plots")
     plan, plan_markdown = plan_sweep(summary, per_text, jobs, cfg.metrics.mauve, cfg.baseline,
-                                     cfg.plan, ["method", *parameters(jobs), "model", "dataset",
-                                              "max_new_tokens"], out)
+                                     cfg.plan, ["method", *parameters(jobs), *settings(jobs),
+                                                "model", "dataset", "max_new_tokens"], out)
     write_samples(summary, jobs, out, cfg.table.latex)
     report = write_report(summary, jobs, out, cfg.report, plots, notes)  # + plan.md
     log_analysis(cfg, out, jobs, summary, per_seed, plots, report, plan)

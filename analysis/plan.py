@@ -297,6 +297,19 @@ def launches(jobs: list[Job]) -> list[tuple[str, list[str]]]:
     return found
 
 
+def not_in_last_launch(jobs: list[Job]) -> list[Path]:
+    """Job dirs that the sweep dir's latest multirun (its ``multirun.yaml``, which Hydra
+    rewrites at every launch) did not run: their ``.hydra`` files are older than it."""
+    out = []
+    for job in jobs:
+        for job_dir in job.dirs:
+            multirun, own = job_dir.parent / "multirun.yaml", job_dir / ".hydra" / "overrides.yaml"
+            if multirun.exists() and own.exists() and (
+                    own.stat().st_mtime < multirun.stat().st_mtime):
+                out.append(job_dir)
+    return out
+
+
 def extension_command(sweep: list[tuple[str, list[str]]], n: int) -> str:
     """The shell line, run from the dir the sweep was launched in, that grows every job of the
     sweep (its ``launches``) to ``n`` prompts in place: the launch's own overrides with
@@ -373,6 +386,13 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
                       for n, p in zip(plan["n_needed"], planned, strict=True)]
     plan["seconds"] = plan["tokens"] / rate
     sweep = launches(jobs)
+    earlier = not_in_last_launch(jobs)
+    if earlier:
+        warnings.append(
+            f"Warning: {len(earlier)} job dirs were last launched by another command than the "
+            f"one their sweep dir's multirun.yaml records ({', '.join(d.name for d in earlier)}"
+            "): the printed command does not grow them; re-run their own launch with the same "
+            "dataset.limit.")
     plan["command"] = [extension_command(sweep, int(n)) if p else ""
                        for n, p in zip(plan["n_needed"], planned, strict=True)]
     far = plan[(plan["exponent"] - (-0.5)).abs() > EXPONENT_TOLERANCE]
