@@ -390,10 +390,13 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
     parts = [cell_intervals(summary, texts, cfg.level, resamples)]
     by_config = {job.config_id: job for job in jobs}
     baselines: list[str] = []
+    without: list[str] = []  # rows of reference groups that lack the baseline
     for _, rows in summary.groupby("references", sort=False):
         runs = rows[rows["method"] != "human"]
         found = matching(runs, baseline)
         if found.empty:
+            without += [describe(row, [*parameters, *settings_of(summary)])
+                        for _, row in runs.iterrows()]
             continue
         base = int(found.index[0])
         if summary.loc[base, "config"] not in texts:
@@ -409,7 +412,17 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
         added = added.combine_first(part.astype(float))
     summary = holm_over_table(pd.concat([summary, added.reindex(summary.index)], axis=1))
     prompt_counts = sorted({len(np.unique(t.prompt)) for t in texts.values()})
-    return summary, uncertainty_notes(summary, cfg, baselines, prompt_counts, samples_test)
+    notes = uncertainty_notes(summary, cfg, baselines, prompt_counts, samples_test)
+    if without and baselines:  # (no baseline anywhere: check_baseline's note says so)
+        notes.append(f"No Δ for {len(without)} rows whose references (prompt length, dataset, "
+                     f"model, new tokens) no baseline row shares: {'; '.join(without)}. Run the "
+                     "baseline with their settings to compare them.")
+    return summary, notes
+
+
+def settings_of(summary: pd.DataFrame) -> list[str]:
+    """The settings columns of the table (``table.settings``: dotted keys where rows differ)."""
+    return [c for c in summary if "." in c]
 
 
 def uncertainty_notes(summary: pd.DataFrame, cfg: BootstrapConfig, baselines: list[str],
