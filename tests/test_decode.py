@@ -59,6 +59,7 @@ def test_records_equal_generate_with_the_keyed_sampler(tiny_cfg, tmp_path):
             assert {k: record[k] for k in expected[p]} == expected[p]
 
 
+@pytest.mark.slow  # make test-slow (CI): about a minute or more
 def test_compiled_step_has_no_graph_break_no_recompile_and_the_same_records(tiny_cfg, tmp_path):
     """fullgraph=True raises on a graph break; one graph serves all batches of the group (dummy
     rows pad the last ones); records equal the eager ones. Across batch sizes the texts are

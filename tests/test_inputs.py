@@ -215,6 +215,7 @@ def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProces
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+@pytest.mark.slow  # make test-slow (CI): about a minute or more
 def test_the_real_command_lines(tmp_path, files):
     """As a user types them: one line on stderr, exit 1, no traceback."""
     for args, fragment in [
@@ -233,6 +234,7 @@ def test_the_real_command_lines(tmp_path, files):
         print(f"{args[0]}: failed in {seconds:.1f} s (process start and imports included)")
 
 
+@pytest.mark.slow  # make test-slow (CI): about a minute or more
 def test_ctrl_c_finishes_the_batch_says_one_line_and_resumes(tmp_path):
     args = ["harness", *TINY, "dataset.limit=16", "generation.seeds=[0]",
             "generation.batch_size=1", "generation.max_new_tokens=12", "hydra.run.dir=job"]

@@ -48,6 +48,7 @@ def reference(tmp_path_factory) -> list[dict]:
     return records(run_job(compose(*TINY, *JOB), out / "job"))
 
 
+@pytest.mark.slow  # make test-slow (CI): about a minute or more
 def test_twenty_kill_9s_at_random_points_lose_and_duplicate_nothing(tmp_path, reference):
     rng = random.Random(0)
     out, kills = tmp_path / "job" / RECORDS, 0

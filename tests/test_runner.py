@@ -275,6 +275,7 @@ def test_an_old_samplers_records_are_refused(tiny_cfg, tmp_path):
         run(tiny_cfg, tmp_path, "dataset.limit=2")
 
 
+@pytest.mark.slow  # make test-slow (CI): about a minute or more
 def test_a_fused_sweep_writes_what_one_job_at_a_time_writes(tmp_path):
     args = ["harness.sweep", "seed_comparison", *TINY, "dataset.limit=5", "generation.seeds=[0,1]"]
     fused = cli(*args, "hydra.sweep.dir=fused", cwd=tmp_path)
