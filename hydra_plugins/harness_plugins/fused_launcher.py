@@ -39,6 +39,11 @@ def sweep_configs(launcher: BasicLauncher, job_overrides: Sequence[Sequence[str]
     setup_globals()
     assert launcher.config is not None and launcher.hydra_context is not None
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    # That config disables the loggers that exist (the task's module imported the harness's):
+    # the fused pass logs through them (the batch size chosen, a group that stops, ...).
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.split(".")[0] == "harness" and isinstance(logger, logging.Logger):
+            logger.disabled = False
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     configs = []
     for number, overrides in enumerate(job_overrides, initial_job_idx):
