@@ -152,12 +152,15 @@ def offline_folders(root: Path, run_id: str) -> list[Path]:
 
 
 def summed(timings: list[dict]) -> dict:
-    """The job's generation over all its invocations (each one stays in the run's history)."""
+    """The job's generation over all its invocations (each one stays in the run's history).
+    ``tokens_per_s`` is, as in timing.json, the rate of the whole (fused) generation the job
+    was part of: its tokens plus its batch-mates', over the shared seconds."""
     seconds = sum(t.get("generate_seconds", 0.0) for t in timings)
     tokens = sum(t.get("new_tokens", 0) for t in timings)
+    generated = sum(t.get("fused_new_tokens", t.get("new_tokens", 0)) for t in timings)
     return {"invocations": len(timings), "generate_seconds": seconds, "new_tokens": tokens,
             "records": sum(t.get("records", 0) for t in timings),
-            "tokens_per_s": tokens / seconds if seconds else 0.0}
+            "tokens_per_s": generated / seconds if seconds else 0.0}
 
 
 def publish_job(cfg: WandbConfig, job_dir: Path, root: Path | None = None, *,

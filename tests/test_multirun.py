@@ -120,3 +120,14 @@ def test_a_group_whose_env_values_differ_is_not_fused(tmp_path, monkeypatch, cap
                  (tmp_path / "b", b, {"HARNESS_TEST_ENV": "1"})])
     assert seen == [(2, "1")]
     assert "HARNESS_TEST_ENV" not in os.environ  # restored
+
+
+def test_the_runs_summed_rate_is_the_whole_generations_as_in_timing_json():
+    from harness.tracking import summed
+
+    # two invocations of one job fused with others: 40 of 100 tokens in 10 s, 20 of 50 in 5 s
+    timings = [{"generate_seconds": 10.0, "new_tokens": 40, "fused_new_tokens": 100,
+                "records": 4}, {"generate_seconds": 5.0, "new_tokens": 20,
+                                "fused_new_tokens": 50, "records": 2}]
+    assert summed(timings) == {"invocations": 2, "generate_seconds": 15.0, "new_tokens": 60,
+                               "records": 6, "tokens_per_s": 150 / 15}
