@@ -66,10 +66,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in DTYPES:
         raise ValueError(
             f"model.dtype={dtype!r} is not known; use auto, float32, bfloat16 or float16.")
     return getattr(torch, dtype)

@@ -37,7 +37,7 @@ from transformers import StoppingCriteria
 from harness import decode, identity
 from harness.data import DatasetConfig, check_dataset, load_prompts
 from harness.decode import Row
-from harness.models import ModelConfig, load_model
+from harness.models import DTYPES, ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
 from harness.sampling import SAMPLER_VERSION
 from harness.selectors import Selector, make_selector
@@ -112,7 +112,6 @@ REQUIRED_EXAMPLES = {
     "dataset.data_files": "dataset=local dataset.data_files=my.jsonl (dataset.path=text|parquet "
                           "for other formats)",
 }
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def validate(cfg: DictConfig) -> Selector:
