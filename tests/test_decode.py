@@ -59,30 +59,38 @@ def test_records_equal_generate_with_the_keyed_sampler(tiny_cfg, tmp_path):
             assert {k: record[k] for k in expected[p]} == expected[p]
 
 
+def assert_same_records(records: dict, expected: dict, label: str) -> None:
+    """The same records, texts and counts exactly; float diagnostics within one unit of their
+    6th decimal (a compiled step's log and softmax, or another batch size's matmuls, round
+    differently in the last bit)."""
+    assert records.keys() == expected.keys(), label
+    for key, record in records.items():
+        for field, value in record.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(expected[key][field], abs=1.01e-6), (label, key,
+                                                                                   field)
+            else:
+                assert value == expected[key][field], (label, key, field)
+
+
 @pytest.mark.slow  # make test-slow (CI): about a minute or more
 def test_compiled_step_has_no_graph_break_no_recompile_and_the_same_records(tiny_cfg, tmp_path):
-    """fullgraph=True raises on a graph break; one graph serves all batches of the group (dummy
-    rows pad the last ones); records equal the eager ones. Across batch sizes the texts are
-    equal and the diagnostics within one unit of their 6th decimal: CPU matmuls round
-    differently with the number of rows, as they did before the static cache."""
+    """fullgraph=True raises on a graph break; one graph, compiled by inductor, serves all
+    batches of the group (dummy rows pad the last ones); records equal the eager ones, as they
+    do across batch sizes."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = fused_records(tiny_cfg, tmp_path, "compiled", "generation.compile=true",
                              "generation.batch_size=6")  # 21 rows: 4 batches, the last padded
     counters = torch._dynamo.utils.counters
     assert counters["stats"]["unique_graphs"] == 1, dict(counters)
+    assert counters["inductor"], "the step was not compiled by inductor"
     assert not counters["recompiles"] and not counters["graph_break"]
     eager = fused_records(tiny_cfg, tmp_path, "eager", "generation.batch_size=6")
-    assert compiled == eager
+    assert_same_records(compiled, eager, "compiled")
     for size in (1, 7):
         other = fused_records(tiny_cfg, tmp_path, f"b{size}", f"generation.batch_size={size}")
-        assert other.keys() == eager.keys()
-        for key, record in other.items():
-            for field, value in record.items():
-                if isinstance(value, float):
-                    assert value == pytest.approx(eager[key][field], abs=1.01e-6), (key, field)
-                else:
-                    assert value == eager[key][field], (key, field)
+        assert_same_records(other, eager, f"batch_size={size}")
 
 
 @pytest.mark.parametrize("ties", [False, True])
