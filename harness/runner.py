@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria
 
 from harness import decode, identity
-from harness.data import DatasetConfig, check_dataset, load_prompts
+from harness.data import DatasetConfig, Prompt, check_dataset, load_prompts
 from harness.decode import Row
 from harness.models import DTYPES, ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
@@ -263,7 +263,9 @@ def sigterm_stops(stop: StopOnSignal) -> Iterator[None]:
             signal.signal(s, old)
 
 
-def append(job: Job, out: Any, records: list[dict]) -> None:
+def append(job: Job, out: Any, records: list[dict], generated: bool = True) -> None:
+    """Write ``records`` to ``job``'s file (with its config hash); ``generated``: count them
+    as this run's (``job.written``, ``job.new_tokens``)."""
     text = "".join(json.dumps({**r, "config_hash": job.digest}) + "\n" for r in records)
     try:
         out.write(text)
@@ -274,8 +276,23 @@ def append(job: Job, out: Any, records: list[dict]) -> None:
             "intact (a torn last line is cut off on resume): free space, then re-run the same "
             "command to resume."
         ) from error
-    job.written += records
-    job.new_tokens += sum(r["num_tokens"] for r in records)
+    if generated:
+        job.written += records
+        job.new_tokens += sum(r["num_tokens"] for r in records)
+
+
+def adopt(job: Job, out: Any, prompts: list[Prompt], source: Path, digest: str) -> None:
+    """Copy into ``job``'s file the records of its (prompt, seed) pairs that the records file
+    ``source`` holds under the config hash ``digest`` (the same configuration): a shard of a
+    grown job takes the merged pilot's records instead of generating them again. ``source``
+    is only read (it is another dir's, not locked here)."""
+    wanted = {(p.prompt_id, seed) for p in prompts for seed in job.seeds} - job.done.keys()
+    found = {(r["prompt_id"], r["seed"]): r for r in parse(source).records
+             if r["config_hash"] == digest and (r["prompt_id"], r["seed"]) in wanted}
+    if found:
+        append(job, out, list(found.values()), generated=False)
+        job.done.update(found)
+        log.info("%s: %d records taken from %s", job.dir, len(found), source)
 
 
 def write_job_yaml(job: Job, prompts: int) -> None:
@@ -285,11 +302,13 @@ def write_job_yaml(job: Job, prompts: int) -> None:
         "sampler": SAMPLER_VERSION, "prompts": prompts, "seeds_run": job.seeds}))
 
 
-def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
+def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
+                  earlier: Mapping[Path, tuple[Path, str]] | None = None) -> list[Job]:
     """Generate (or finish generating) the records of every job of ``specs`` (config, dir,
     name) as one batched generation; the jobs must share ``shared_settings``. Every dir is
     locked for the whole generation; SIGTERM ends it after the batch in flight is dropped,
-    raising ``Terminated`` with every finished batch written."""
+    raising ``Terminated`` with every finished batch written. ``earlier``: by job dir, a records
+    file and config hash whose records of the job's pairs are copied, not generated (``adopt``)."""
     jobs = []
     for cfg, job_dir, name in specs:
         selector = validate(cfg)
@@ -315,12 +334,14 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]]) -> list[Job]:
             )
         prompts = load_prompts(OmegaConf.to_object(first.dataset), loaded.tokenizer,
                                gen.prompt_tokens, gen.max_new_tokens)
+        files = {id(job): stack.enter_context(open_append(job.dir / RECORDS)) for job in jobs}
         for job in jobs:
             write_job_yaml(job, len(prompts))
+            if earlier and job.dir in earlier:
+                adopt(job, files[id(job)], prompts, *earlier[job.dir])
         rows = [Row(job, prompt, seed) for job in jobs for seed in job.seeds for prompt in prompts
                 if (prompt.prompt_id, seed) not in job.done]
         total = sum(len(job.seeds) for job in jobs) * len(prompts)
-        files = {id(job): stack.enter_context(open_append(job.dir / RECORDS)) for job in jobs}
         sizes = {job.cfg.generation.batch_size for job in jobs}
         batch_size = "auto" if "auto" in sizes else min(sizes)
         stop = StopOnSignal()

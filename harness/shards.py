@@ -11,7 +11,9 @@ resume, and while a study runs the analysis already reads the finished shards wi
 Once every shard of a job is complete, ``merge`` writes its records into the job dir, in the
 order and with the config hash one in-process run writes, and removes the shard dirs: the job
 dir is then the one an in-process run leaves. A record is a pure function of (config, prompt,
-seed), so the texts are those of the in-process run.
+seed), so the texts are those of the in-process run. Growing a merged job (a larger
+``dataset.limit``, more seeds) starts new shard dirs, which copy the job dir's records of their
+prompts before generating the rest: the pilot is never generated twice.
 """
 
 from __future__ import annotations
@@ -81,9 +83,13 @@ def generate_shard(specs: list[tuple[DictConfig, Path]], shard: int,
                    shards: int) -> dict[str, dict]:
     """One task: generate (or finish) shard ``shard`` of ``shards`` of every job of
     ``specs`` (config, job dir; one group of shared settings) as one batched generation.
-    Returns each job dir's timing of this run."""
-    jobs = generate_jobs([(shard_config(cfg, shard, shards), shard_dir(job_dir, shard, shards),
-                           job_dir.name) for cfg, job_dir in specs])
+    Returns each job dir's timing of this run. Records the job dir already holds (a pilot
+    merged before ``dataset.limit`` grew) are copied into the shard, not generated again."""
+    jobs = generate_jobs(
+        [(shard_config(cfg, shard, shards), shard_dir(job_dir, shard, shards), job_dir.name)
+         for cfg, job_dir in specs],
+        earlier={shard_dir(job_dir, shard, shards): (job_dir / RECORDS, config_hash(cfg))
+                 for cfg, job_dir in specs})
     return {str(job.dir.parent.parent): job.timing for job in jobs}
 
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from harness.records import RECORDS
 from harness.runner import run_job
-from harness.shards import is_complete, merge, shard_config, shard_dir
+from harness.shards import generate_shard, is_complete, merge, shard_config, shard_dir
 from tests.conftest import ROOT, TINY, compose
 
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -61,6 +61,24 @@ def test_shards_merge_into_the_in_process_job_dir(tmp_path):
     assert len(merged.written) == 6 and merged.timing["records"] == 0
     again = merge(cfg, job, 2, [])  # nothing left in shards: nothing rewritten
     assert again.written == [] and (job / RECORDS).read_bytes() == (alone / RECORDS).read_bytes()
+
+
+def test_growing_a_merged_job_generates_only_the_new_prompts(tmp_path):
+    """The plan's growth on a cluster: a pilot sharded and merged, then dataset.limit raised.
+    Each shard takes the pilot's records of its prompts from the job dir and generates only
+    the new ones; the merged file is the one an in-process run at the new limit writes."""
+    pilot = compose(*TINY, "dataset.limit=3", "generation.seeds=[1,0]", "selector=top_k")
+    grown = compose(*TINY, "dataset.limit=7", "generation.seeds=[1,0]", "selector=top_k")
+    alone = tmp_path / "alone"
+    run_job(grown, alone)
+    job = tmp_path / "job"
+    for cfg, new_records in ((pilot, 3 * 2), (grown, 4 * 2)):
+        tasks = [generate_shard([(cfg, job)], i, 2)[str(job)] for i in range(2)]
+        assert sum(t["records"] for t in tasks) == new_records
+        merged = merge(cfg, job, 2, tasks)
+        assert len(merged.written) == new_records
+    assert (job / RECORDS).read_bytes() == (alone / RECORDS).read_bytes()
+    assert (job / "job.yaml").read_text() == (alone / "job.yaml").read_text()
 
 
 def test_a_shard_dir_is_complete_only_for_its_limit_and_seeds(tmp_path):
