@@ -262,24 +262,31 @@ def new_tokens(jobs: list[Job], n: int) -> float:
     return total
 
 
+SWEEPER_OVERRIDES = ("hydra/sweeper=", "hydra.sweeper.sweep_file=", "hydra.mode=")
+
+
 def launch(job_dir: Path) -> tuple[str, list[str]]:
-    """The entry point and overrides that launched ``job_dir``: its multirun's (the sweep dir's
-    ``multirun.yaml``), else its own run's (``.hydra``)."""
+    """The entry point and overrides that launched ``job_dir`` and grow it again: its multirun's
+    (the sweep dir's ``multirun.yaml``); for a dir that an earlier launch into the same sweep
+    dir ran (Hydra rewrites ``multirun.yaml`` at every launch), a one-job multirun of its own
+    overrides (``.hydra``), which names the same dir; for a single run, its own run's."""
     multirun = job_dir.parent / "multirun.yaml"
-    if multirun.exists():
+    if multirun.exists() and not in_earlier_launch(job_dir):
         overrides = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]
     else:
         overrides = {"task": yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()),
                      "hydra": yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())[
                          "hydra"]["overrides"]["hydra"]}
+        if multirun.exists():
+            kept = [o for o in overrides["hydra"] if not o.startswith(SWEEPER_OVERRIDES)]
+            return "python -m harness -m", [*overrides["task"], *kept]
     hydra, task = overrides["hydra"], overrides["task"]
     sweep_file = next((o.split("=", 1)[1] for o in hydra
                        if o.startswith("hydra.sweeper.sweep_file=")), None)
     if sweep_file is not None:  # python -m harness.sweep NAME: it adds these itself
         path = Path(sweep_file)
         name = path.stem if path == SWEEPS / path.name else str(path)
-        drop = ("hydra/sweeper=", "hydra.sweeper.sweep_file=", "hydra/launcher=fused",
-                "hydra.mode=", "sweep=")
+        drop = (*SWEEPER_OVERRIDES, "hydra/launcher=fused", "sweep=")
         extra = [o for o in [*task, *hydra] if not o.startswith(drop)]
         return f"python -m harness.sweep {shlex.quote(name)}", extra
     multi = multirun.exists()
@@ -287,27 +294,23 @@ def launch(job_dir: Path) -> tuple[str, list[str]]:
     return "python -m harness" + (" -m" if multi else ""), extra
 
 
+def in_earlier_launch(job_dir: Path) -> bool:
+    """Whether an earlier launch than the one its sweep dir's ``multirun.yaml`` records ran
+    ``job_dir``: its ``.hydra`` files are older than that file."""
+    multirun, own = job_dir.parent / "multirun.yaml", job_dir / ".hydra" / "overrides.yaml"
+    return (multirun.exists() and own.exists()
+            and own.stat().st_mtime < multirun.stat().st_mtime)
+
+
 def launches(jobs: list[Job]) -> list[tuple[str, list[str]]]:
-    """The distinct launches (entry point, overrides) of the jobs' dirs."""
+    """The distinct launches (entry point, overrides) that grow the jobs' dirs: those of
+    earlier launches first, so that the sweep dir's ``multirun.yaml`` ends as it was."""
+    dirs = sorted((d for job in jobs for d in job.dirs), key=lambda d: not in_earlier_launch(d))
     found = []
-    for job in jobs:
-        for job_dir in job.dirs:
-            if (entry := launch(job_dir)) not in found:
-                found.append(entry)
+    for job_dir in dirs:
+        if (entry := launch(job_dir)) not in found:
+            found.append(entry)
     return found
-
-
-def not_in_last_launch(jobs: list[Job]) -> list[Path]:
-    """Job dirs that the sweep dir's latest multirun (its ``multirun.yaml``, which Hydra
-    rewrites at every launch) did not run: their ``.hydra`` files are older than it."""
-    out = []
-    for job in jobs:
-        for job_dir in job.dirs:
-            multirun, own = job_dir.parent / "multirun.yaml", job_dir / ".hydra" / "overrides.yaml"
-            if multirun.exists() and own.exists() and (
-                    own.stat().st_mtime < multirun.stat().st_mtime):
-                out.append(job_dir)
-    return out
 
 
 def extension_command(sweep: list[tuple[str, list[str]]], n: int) -> str:
@@ -386,13 +389,12 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
                       for n, p in zip(plan["n_needed"], planned, strict=True)]
     plan["seconds"] = plan["tokens"] / rate
     sweep = launches(jobs)
-    earlier = not_in_last_launch(jobs)
+    earlier = [d for job in jobs for d in job.dirs if in_earlier_launch(d)]
     if earlier:
         warnings.append(
-            f"Warning: {len(earlier)} job dirs were last launched by another command than the "
-            f"one their sweep dir's multirun.yaml records ({', '.join(d.name for d in earlier)}"
-            "): the printed command does not grow them; re-run their own launch with the same "
-            "dataset.limit.")
+            f"{len(earlier)} job dirs were last run by an earlier launch into their sweep dir "
+            f"than the one its multirun.yaml records ({', '.join(d.name for d in earlier)}): "
+            "the command grows each of them with its own overrides.")
     plan["command"] = [extension_command(sweep, int(n)) if p else ""
                        for n, p in zip(plan["n_needed"], planned, strict=True)]
     far = plan[(plan["exponent"] - (-0.5)).abs() > EXPONENT_TOLERANCE]

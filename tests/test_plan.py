@@ -6,6 +6,7 @@ import json
 import math
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,3 +239,55 @@ def test_a_plain_multirun_is_extended_with_its_own_overrides(tmp_path):
     assert extension_command(launches([Job({}, [job_dir])]), 9) == (
         "python -m harness -m selector=top_k,greedy 'generation.seeds=[0,1]' "
         "'hydra.sweep.dir=out dir' dataset.limit=9")
+
+
+def fake_job_dir(sweep: Path, name: str, task: list[str], hydra: list[str]) -> Path:
+    job_dir = sweep / name
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(task))
+    (job_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"overrides": {"hydra": hydra, "task": task}}}))
+    return job_dir
+
+
+def test_dirs_of_an_earlier_launch_into_the_sweep_dir_grow_with_their_own_overrides(tmp_path):
+    """Hydra rewrites multirun.yaml at each launch: a dir that only an earlier launch ran is
+    grown by a one-job multirun of its own overrides, before the last launch's command."""
+    sweep = tmp_path / "multirun" / "adhoc"
+    hydra = ["hydra.mode=MULTIRUN", "hydra.sweep.dir=multirun/adhoc"]
+    first = fake_job_dir(sweep, "top_k", ["selector=top_k", "dataset.limit=4"], hydra)
+    os.utime(first / ".hydra" / "overrides.yaml", (1, 1))  # before the second launch
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {
+        "hydra": hydra, "task": ["selector=top_p,greedy", "dataset.limit=4"]}}}))
+    second = fake_job_dir(sweep, "top_p", ["selector=top_p", "dataset.limit=4"], hydra)
+    jobs = [Job({}, [second]), Job({}, [first])]
+    assert extension_command(launches(jobs), 9) == (
+        "python -m harness -m selector=top_k hydra.sweep.dir=multirun/adhoc dataset.limit=9 && "
+        "python -m harness -m selector=top_p,greedy hydra.sweep.dir=multirun/adhoc "
+        "dataset.limit=9")
+
+
+@pytest.mark.slow
+def test_a_sweep_dir_of_two_launches_grows_every_dir_in_place(tmp_path):
+    """A named sweep, then a plain multirun into its dir: the plan's command grows the dirs of
+    both launches, each in place (pilot bytes kept, only the new prompts added, no new dir)."""
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump({"grids": [
+        {"selector": "top_k", "selector.top_k": 10}]}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    python = str(ROOT / ".venv" / "bin" / "python")
+    common = [*TINY, "dataset.limit=2", "generation.seeds=[0]"]
+    for args in (["-m", "harness.sweep", str(tmp_path / "mini.yaml"), *common],
+                 ["-m", "harness", "-m", "sweep=mini", "selector=top_p", *common]):
+        subprocess.run([python, *args], cwd=tmp_path, env=env, check=True, capture_output=True)
+    sweep = tmp_path / "multirun" / "mini"
+    jobs = find_jobs([sweep])
+    before = {d: (d / RECORDS).read_bytes() for job in jobs for d in job.dirs}
+    assert len(before) == 2
+    command = extension_command(launches(jobs), 3)
+    subprocess.run(command.replace("python", python), shell=True, cwd=tmp_path, env=env,
+                   check=True, capture_output=True)
+    assert {p.parent for p in sweep.glob(f"*/{RECORDS}")} == set(before)
+    for job_dir, old in before.items():
+        new = (job_dir / RECORDS).read_bytes()
+        assert new.startswith(old)
+        assert [json.loads(line)["prompt_id"] for line in new[len(old):].splitlines()] == [2]
