@@ -12,7 +12,8 @@
 #   bench/gpu.sh --random study   the study-sized sweeps of issue 13 instead (about 8 minutes):
 #                           seed_comparison fused on SmolLM2's shape (256 prompts x 1 seed x 256
 #                           tokens) and 4 configurations x 128 prompts on Llama-3-8B's, each at
-#                           generation.batch_size=auto, eager then compiled twice (bench.study)
+#                           generation.batch_size=auto, eager then compiled twice, with a
+#                           torch.profiler table of 32 steps after each (bench.study)
 #   bench/gpu.sh --smoke    the same code on CPU with the tiny model, in seconds (CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."

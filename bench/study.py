@@ -1,10 +1,14 @@
 """A study-sized fused sweep on the decode path (issue 13): one run without compilation, then
 two compiled runs in the same process (the first pays the compile, the second is steady
 state), each as tok/s and ms per decode step against the H200's floor, and what the 20 M-token
-seed comparison would take.
+seed comparison would take. After the eager run and after the steady one, ``--profile-steps``
+decode steps of one batch of the same shape run under ``torch.profiler`` (the process's decoder,
+compiled or not): the top kernels and how much of a step's wall time the device was busy, so a
+missed target says where the time goes.
 
 python -m bench.study [--smoke] [--model smollm2_random] [--dataset synthetic] [--jobs 11]
                       [--limit 256] [--new 256] [--batch auto] [--today 6425]
+                      [--profile-steps 32]
 """
 
 from __future__ import annotations
@@ -72,6 +76,49 @@ def run(common: list[str], configs: list[list[str]], out: Path) -> tuple[float, 
     return seconds, sum(j.new_tokens for j in done), done[0].timing["rows_per_forward"], len(calls)
 
 
+class AfterSteps:
+    """A ``stop`` for ``Decoder.run`` that ends a batch after ``steps`` decode steps (it reads
+    ``signum`` once per step)."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    @property
+    def signum(self) -> int | None:
+        self.left -= 1
+        return None if self.left > 0 else 0
+
+
+def profile(label: str, steps: int) -> None:
+    """Profile ``steps`` decode steps (the prefill included) of one batch on the process's
+    decoder, as the last generation left it: its top kernels by device time (CPU: by time)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    dec = decode._DECODER[0]
+    device = dec.keys.device
+    vocab = dec.loaded.model.config.get_text_config(decoder=True).vocab_size
+    input_ids = torch.randint(vocab, (dec.rows, dec.prompt_tokens), device=device)
+    alive = torch.ones(dec.rows, dtype=torch.bool, device=device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with torch.inference_mode(), torch_profile(activities=activities) as prof:
+        start = time.perf_counter()
+        dec.run(input_ids, dec.keys.clone(), dec.groups, dec.record, alive, AfterSteps(steps))
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    busy = sum(e.self_device_time_total for e in events) / 1e6 if cuda else float("nan")
+    share = (f"; device busy {busy / wall:.0%} of the wall time, host-bound the rest"
+             if cuda else "")
+    print(f"  profile, {label}: {steps} steps of one batch of {dec.rows} rows (prefill "
+          f"included), {1e3 * wall / steps:.2f} ms per step under the profiler{share}",
+          flush=True)
+    print(events.table(sort_by=sort, row_limit=15, max_name_column_width=60), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, seconds")
@@ -81,11 +128,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=256)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--batch", default="auto")
+    parser.add_argument("--profile-steps", type=int, default=32,
+                        help="decode steps profiled after the eager and the steady run (0: none)")
     parser.add_argument("--today", type=float, default=None,
                         help="today's tok/s for this shape (bench/RESULTS.md), for the ratio")
     args = parser.parse_args()
     if args.smoke:
         args.model, args.dataset, args.jobs, args.limit, args.new = "tiny", "tiny", 3, 4, 8
+        args.profile_steps = min(args.profile_steps, 4)
     common = [f"model={args.model}", f"dataset={args.dataset}", f"dataset.limit={args.limit}",
               f"generation.max_new_tokens={args.new}", "generation.seeds=[0]",
               f"generation.batch_size={args.batch}", "wandb=disabled"]
@@ -105,6 +155,8 @@ def main() -> None:
             print(f"  {label:17s} {seconds:7.1f} s  {tokens / seconds:9.0f} tok/s  {rows} rows x "
                   f"{batches} batches, {step:.2f} ms per step (H200 floor {floor:.2f} ms, "
                   f"{step / floor:.1f}x)", flush=True)
+            if args.profile_steps and label != "compiled, first":
+                profile(label, min(args.profile_steps, args.new))
     (first, tokens), (steady, _) = results["compiled, first"], results["compiled, steady"]
     compile_s = first - steady
     print(f"  compile (first compiled run - steady run): {compile_s:.1f} s")

@@ -19,6 +19,7 @@ def test_gpu_bench_smoke_runs_and_reports_ratios():
     assert "% of a" in done.stdout
     assert "min / median / max" in done.stdout  # fusion: spreads over interleaved repeats
     assert "compiled, steady" in done.stdout and "20 M-token study" in done.stdout
+    assert "profile, compiled, steady" in done.stdout and "Self CPU" in done.stdout
 
 
 @pytest.mark.slow
