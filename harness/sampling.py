@@ -116,17 +116,26 @@ def sample_step(scores: Tensor, groups: Groups, keys: Tensor, step: int | Tensor
     for selector, rows in groups:
         logits[rows] = selector.prepare(logits[rows])
         keep[rows] = selector.select(logits[rows])
-    diagnostics = None
-    if record and not graph_safe:
-        diagnostics = diagnose_prepared(logits, keep)
-    elif record:
-        parts = [diagnose_prepared(logits[rows], keep[rows],
-                                   "count" if selector.keeps_most_probable else "sort")
-                 for selector, rows in groups]
-        diagnostics = StepDiagnostics(*(torch.cat(values) for values in zip(*(
-            (d.kept, d.mass, d.mean_rank, d.topk_identical) for d in parts), strict=True)))
+    diagnostics = diagnose_groups(logits, keep, groups, graph_safe) if record else None
     perturbed = perturb(logits, keep, step_keys(keys.to(logits.device), step), graph_safe)
     return perturbed, diagnostics, has_nan
+
+
+def diagnose_groups(logits: Tensor, keep: Tensor, groups: Groups,
+                    graph_safe: bool = False) -> StepDiagnostics:
+    """Each group's diagnostics with its own ranking: ``graph_safe``, its selector's static
+    choice (count for methods that keep the most probable tokens, else sort); otherwise the
+    cheapest exact one for its rows (``"auto"``). Per group because a fused batch holds rows of
+    every job: ranked as one batch, a single row of a typical method made every row pay for a
+    full-vocabulary sort. ``groups``: consecutive slices from row 0 (``harness.decode.batches``);
+    rows after the last (dummy rows) get zeros."""
+    parts = [diagnose_prepared(logits[rows], keep[rows], "auto" if not graph_safe else
+                               "count" if selector.keeps_most_probable else "sort")
+             for selector, rows in groups]
+    dummies = logits.shape[0] - (groups[-1][1].stop if groups else 0)
+    return StepDiagnostics(*(torch.cat([*values, values[0].new_zeros(dummies)])
+                             for values in zip(*((d.kept, d.mass, d.mean_rank, d.topk_identical)
+                                                 for d in parts), strict=True)))
 
 
 class KeyedSampler(LogitsProcessor):
