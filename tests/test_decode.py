@@ -164,3 +164,20 @@ def test_auto_picks_a_size_and_survives_an_out_of_memory(tiny_cfg, tmp_path, mon
     assert auto == reference  # every record once: the first batch kept, the second retried
     timing = json.loads((tmp_path / "auto" / "0" / "timing.json").read_text())
     assert timing["rows_per_forward"] == 6
+
+
+@pytest.mark.parametrize("graph_safe", [False, True])
+def test_dummy_rows_after_the_last_group_get_zero_diagnostics(graph_safe):
+    """More jobs than rows per forward: the last part of a group may have fewer rows than the
+    batch (``batches``), so the rows after its last slice are dummies; every row still gets
+    its diagnostics (a shorter tensor could not fill the decode step's [4, rows] output)."""
+    jobs_rows = [[Row(type("Job", (), {"selector": make_selector("typical")})(), None, r)
+                  for r in range(n)] for n in (3, 3, 1)]
+    *_, (batch, groups) = batches(jobs_rows, 2)
+    assert batch[1] is None and groups[-1][1] == slice(0, 1)
+    logits = torch.randn(2, 300)
+    keys = row_keys(torch.zeros(2), torch.arange(2))
+    _, diagnostics, _ = sample_step(logits, groups, keys, torch.tensor(1), True, graph_safe)
+    alone = sample_step(logits[:1], groups, keys[:1], torch.tensor(1), True)[1]
+    for value, first in zip(diagnostics.__dict__.values(), alone.__dict__.values(), strict=True):
+        assert value.shape == (2,) and value[1] == 0 and torch.equal(value[:1], first)
