@@ -17,12 +17,14 @@ Shapes never change within a group, so a compiled step compiles once per process
 
 With ``generation.compile`` the decode step (the model's forward over the static cache and the
 whole logits step: selectors, diagnostics, keyed noise) is one ``torch.compile(fullgraph=True)``
-graph, with CUDA graphs on a GPU and inductor on CPU. The step reads no device value on the host
-(``sample_step(graph_safe=True)``): NaN logits raise after the batch, naming the position, and
-EOS is checked every ``CHECK_EOS_EVERY`` steps (each row still stops at its own EOS). On CPU
-without compilation the same loop runs eagerly with the cheaper data-dependent choices of
-``sample_step`` (host reads cost nothing there); the records are the same (compiled ones: the
-same texts, diagnostics within 1e-6, see ``COMPILERS``).
+graph: inductor with CUDA graphs on a GPU, aten's kernels on CPU (``COMPILERS``). It compiles
+once per layout: once per group, or once per part of a group with more jobs than rows per
+forward (each part has its own selectors; past dynamo's recompile limit, 8, a part runs
+eagerly). The step reads no device value on the host (``sample_step(graph_safe=True)``): NaN
+logits raise after the batch, naming the position, and EOS is checked every
+``CHECK_EOS_EVERY`` steps (each row still stops at its own EOS). On CPU without compilation the
+same loop runs eagerly with the cheaper data-dependent choices of ``sample_step`` (host reads
+cost nothing there); the records are the same.
 
 ``generation.batch_size=auto``: the largest batch that fits the free memory (``auto_batch_size``);
 on out-of-memory the batch in flight is retried at half the size, after every finished batch was
@@ -53,15 +55,17 @@ CHECK_EOS_EVERY = 16  # steps between host reads of "has every row ended?"
 # score, sort values and order, keep, noise in int64, perturbed, ...): a generous count.
 LOGITS_COPIES = 16
 MEMORY_MARGIN = 0.8  # share of the free memory that auto may plan to use
-# torch.compile's settings by device: inductor everywhere, with CUDA graphs on a GPU. On CPU its
-# C++ code is scalar (cpp.simdlen=1): with torch 2.13.0+cpu, inductor's vectorised code for this
-# step fails to build (a VecMask<int> / VecMask<float> mismatch where the per-group keep masks
-# are assembled) or frees memory twice in the keyed noise. Its log and softmax round differently
-# from aten's in the last bit, so a compiled step's diagnostics may differ from an eager one's by
-# 1e-6 (as across batch sizes); the texts are the same (tests/test_decode.py).
+# torch.compile's settings by device: inductor with CUDA graphs on a GPU. On CPU, dynamo and
+# AOTAutograd capture and functionalise the same whole-step graph as on a GPU (fullgraph, no
+# recompile, checked in CI) and run it on aten's kernels: with torch 2.13.0+cpu, inductor's C++
+# for this step fails to build (vectorised: VecMask<int> vs VecMask<float>), aborts with a
+# double free (the vectorised keyed noise), or segfaults (scalar, cpp.simdlen=1, on a batch
+# mixing top_k and typical rows); bench/RESULTS.md, 2026-12-03. On CPU compiling is for checking
+# the path (inductor's scalar code was 1.28x slower than eager), and aten's kernels keep the
+# records exactly those of the eager loop.
 COMPILERS: dict[str, dict[str, Any]] = {
     "cuda": {"backend": "inductor", "mode": "reduce-overhead"},
-    "cpu": {"backend": "inductor", "options": {"cpp.simdlen": 1}},
+    "cpu": {"backend": "aot_eager"},
 }
 
 

@@ -75,22 +75,36 @@ def assert_same_records(records: dict, expected: dict, label: str) -> None:
 
 @pytest.mark.slow  # make test-slow (CI): about a minute or more
 def test_compiled_step_has_no_graph_break_no_recompile_and_the_same_records(tiny_cfg, tmp_path):
-    """fullgraph=True raises on a graph break; one graph, compiled by inductor, serves all
-    batches of the group (dummy rows pad the last ones); records equal the eager ones, as they
-    do across batch sizes."""
+    """fullgraph=True raises on a graph break; one graph (through AOTAutograd, as inductor
+    takes it) serves all batches of the group (dummy rows pad the last ones); records equal the
+    eager ones. Across batch sizes the texts are equal and the diagnostics within one unit of
+    their 6th decimal: CPU matmuls round differently with the number of rows."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = fused_records(tiny_cfg, tmp_path, "compiled", "generation.compile=true",
                              "generation.batch_size=6")  # 21 rows: 4 batches, the last padded
     counters = torch._dynamo.utils.counters
     assert counters["stats"]["unique_graphs"] == 1, dict(counters)
-    assert counters["inductor"], "the step was not compiled by inductor"
+    assert counters["aot_autograd"]["total"] == 1, dict(counters)
     assert not counters["recompiles"] and not counters["graph_break"]
     eager = fused_records(tiny_cfg, tmp_path, "eager", "generation.batch_size=6")
-    assert_same_records(compiled, eager, "compiled")
+    assert compiled == eager
     for size in (1, 7):
         other = fused_records(tiny_cfg, tmp_path, f"b{size}", f"generation.batch_size={size}")
         assert_same_records(other, eager, f"batch_size={size}")
+
+
+@pytest.mark.slow
+def test_more_jobs_than_rows_compile_once_per_part(tiny_cfg, tmp_path):
+    """4 jobs at 2 rows per forward: two parts, each with its own layout (top_p next to
+    typical, locally typical next to greedy: the mix on which inductor's CPU code crashed), one
+    graph each, records equal the eager ones."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = fused_records(tiny_cfg, tmp_path, "compiled", "generation.compile=true",
+                             "generation.batch_size=2")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    assert compiled == fused_records(tiny_cfg, tmp_path, "eager", "generation.batch_size=2")
 
 
 @pytest.mark.parametrize("ties", [False, True])
