@@ -197,7 +197,17 @@ def read_records(path: Path, expected_hash: str) -> dict[tuple[int, int], dict]:
     """Finished records by (prompt_id, seed). Records of another config are refused, never
     touched; corrupt or duplicated lines are quarantined; a torn last line is cut off."""
     parsed = parse(path)
-    for record in parsed.records:
+    refuse_other_configs(path, parsed.records, expected_hash)
+    if parsed.rejected:
+        quarantine(path, parsed)
+    elif parsed.torn:
+        log.warning("%s: dropping a torn last line left by an interrupted run", path)
+        os.truncate(path, path.stat().st_size - len(parsed.torn))
+    return {(r["prompt_id"], r["seed"]): r for r in parsed.records}
+
+
+def refuse_other_configs(path: Path, records: list[dict], expected_hash: str) -> None:
+    for record in records:
         if record["config_hash"] != expected_hash:
             raise JobError(
                 f"job dir {path.parent} holds records of a different config (hash "
@@ -206,12 +216,6 @@ def read_records(path: Path, expected_hash: str) -> dict[tuple[int, int], dict]:
                 "in another dir (hydra.run.dir=... or hydra.sweep.dir=...), or delete that dir to "
                 "start it over."
             )
-    if parsed.rejected:
-        quarantine(path, parsed)
-    elif parsed.torn:
-        log.warning("%s: dropping a torn last line left by an interrupted run", path)
-        os.truncate(path, path.stat().st_size - len(parsed.torn))
-    return {(r["prompt_id"], r["seed"]): r for r in parsed.records}
 
 
 @dataclass
@@ -281,18 +285,25 @@ def append(job: Job, out: Any, records: list[dict], generated: bool = True) -> N
         job.new_tokens += sum(r["num_tokens"] for r in records)
 
 
-def adopt(job: Job, out: Any, prompts: list[Prompt], source: Path, digest: str) -> None:
-    """Copy into ``job``'s file the records of its (prompt, seed) pairs that the records file
-    ``source`` holds under the config hash ``digest`` (the same configuration): a shard of a
-    grown job takes the merged pilot's records instead of generating them again. ``source``
-    is only read (it is another dir's, not locked here)."""
+def records_to_copy(path: Path, expected_hash: str) -> dict[tuple[int, int], dict]:
+    """The records of another job dir (a shard's parent) by (prompt_id, seed), read only (that
+    dir is not locked here): refused, as ``read_records`` does, if it holds another config's."""
+    records = parse(path).records
+    refuse_other_configs(path, records, expected_hash)
+    return {(r["prompt_id"], r["seed"]): r for r in records}
+
+
+def adopt(job: Job, out: Any, prompts: list[Prompt], records: dict[tuple[int, int], dict],
+          source: Path) -> None:
+    """Copy into ``job``'s file the ``records`` (of ``source``, the same configuration) of its
+    (prompt, seed) pairs that it lacks: a shard of a grown job takes the merged pilot's records
+    instead of generating them again."""
     wanted = {(p.prompt_id, seed) for p in prompts for seed in job.seeds} - job.done.keys()
-    found = {(r["prompt_id"], r["seed"]): r for r in parse(source).records
-             if r["config_hash"] == digest and (r["prompt_id"], r["seed"]) in wanted}
+    found = {key: record for key, record in records.items() if key in wanted}
     if found:
         append(job, out, list(found.values()), generated=False)
         job.done.update(found)
-        log.info("%s: %d records taken from %s", job.dir, len(found), source)
+        log.info("%s: %d records copied from %s", job.dir, len(found), source)
 
 
 def write_job_yaml(job: Job, prompts: int) -> None:
@@ -303,12 +314,13 @@ def write_job_yaml(job: Job, prompts: int) -> None:
 
 
 def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
-                  earlier: Mapping[Path, tuple[Path, str]] | None = None) -> list[Job]:
+                  copy_from: Mapping[Path, tuple[Path, str]] | None = None) -> list[Job]:
     """Generate (or finish generating) the records of every job of ``specs`` (config, dir,
     name) as one batched generation; the jobs must share ``shared_settings``. Every dir is
     locked for the whole generation; SIGTERM ends it after the batch in flight is dropped,
-    raising ``Terminated`` with every finished batch written. ``earlier``: by job dir, a records
-    file and config hash whose records of the job's pairs are copied, not generated (``adopt``)."""
+    raising ``Terminated`` with every finished batch written. ``copy_from``: by job dir, a
+    records file and its config hash whose records of the job's pairs are copied, not
+    generated (``adopt``)."""
     jobs = []
     for cfg, job_dir, name in specs:
         selector = validate(cfg)
@@ -323,8 +335,11 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
     with ExitStack() as stack:
         for job in jobs:
             stack.enter_context(job_lock(job.dir))
+        copies = {}
         for job in jobs:
             job.done = read_records(job.dir / RECORDS, job.digest)
+            if copy_from and job.dir in copy_from:
+                copies[id(job)] = copy_from[job.dir][0], records_to_copy(*copy_from[job.dir])
         loaded = load_model(OmegaConf.to_object(first.model))
         needed = gen.prompt_tokens + gen.max_new_tokens
         if needed > loaded.max_length:
@@ -337,8 +352,9 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
         files = {id(job): stack.enter_context(open_append(job.dir / RECORDS)) for job in jobs}
         for job in jobs:
             write_job_yaml(job, len(prompts))
-            if earlier and job.dir in earlier:
-                adopt(job, files[id(job)], prompts, *earlier[job.dir])
+            if id(job) in copies:
+                source, records = copies[id(job)]
+                adopt(job, files[id(job)], prompts, records, source)
         rows = [Row(job, prompt, seed) for job in jobs for seed in job.seeds for prompt in prompts
                 if (prompt.prompt_id, seed) not in job.done]
         total = sum(len(job.seeds) for job in jobs) * len(prompts)

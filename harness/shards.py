@@ -88,7 +88,7 @@ def generate_shard(specs: list[tuple[DictConfig, Path]], shard: int,
     jobs = generate_jobs(
         [(shard_config(cfg, shard, shards), shard_dir(job_dir, shard, shards), job_dir.name)
          for cfg, job_dir in specs],
-        earlier={shard_dir(job_dir, shard, shards): (job_dir / RECORDS, config_hash(cfg))
+        copy_from={shard_dir(job_dir, shard, shards): (job_dir / RECORDS, config_hash(cfg))
                  for cfg, job_dir in specs})
     return {str(job.dir.parent.parent): job.timing for job in jobs}
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from harness.records import RECORDS
-from harness.runner import run_job
+from harness.runner import JobError, run_job
 from harness.shards import generate_shard, is_complete, merge, shard_config, shard_dir
 from tests.conftest import ROOT, TINY, compose
 
@@ -79,6 +79,15 @@ def test_growing_a_merged_job_generates_only_the_new_prompts(tmp_path):
         assert len(merged.written) == new_records
     assert (job / RECORDS).read_bytes() == (alone / RECORDS).read_bytes()
     assert (job / "job.yaml").read_text() == (alone / "job.yaml").read_text()
+
+
+def test_a_shard_refuses_a_job_dir_of_another_config_before_generating(tmp_path):
+    job = tmp_path / "job"
+    run_job(compose(*TINY, "dataset.limit=2", "generation.seeds=[0]", "selector=top_p"), job)
+    cfg = compose(*TINY, "dataset.limit=2", "generation.seeds=[0]", "selector=top_k")
+    with pytest.raises(JobError, match=f"job dir {job} holds records of a different config"):
+        generate_shard([(cfg, job)], 0, 2)
+    assert not (shard_dir(job, 0, 2) / RECORDS).exists()
 
 
 def test_a_shard_dir_is_complete_only_for_its_limit_and_seeds(tmp_path):
