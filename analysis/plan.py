@@ -39,7 +39,7 @@ from analysis.load import Job
 from analysis.mauve import MauveConfig, mauve_swap_null
 from analysis.stats import resample_counts, sign_flips
 from analysis.uncertainty import PARTS, BaselineConfig, matching, with_parts
-from harness.records import TIMING
+from harness.records import SHARDS, TIMING
 from harness.sweep import SWEEPS
 
 log = logging.getLogger(__name__)
@@ -302,10 +302,17 @@ def in_earlier_launch(job_dir: Path) -> bool:
             and own.stat().st_mtime < multirun.stat().st_mtime)
 
 
+def launched_dir(job_dir: Path) -> Path:
+    """The job dir a launch names: a cluster task's shard dir (``<job>/shards/<i>-of-<n>``,
+    while the study runs) is its job's."""
+    return job_dir.parent.parent if job_dir.parent.name == SHARDS else job_dir
+
+
 def launches(jobs: list[Job]) -> list[tuple[str, list[str]]]:
     """The distinct launches (entry point, overrides) that grow the jobs' dirs: those of
     earlier launches first, so that the sweep dir's ``multirun.yaml`` ends as it was."""
-    dirs = sorted((d for job in jobs for d in job.dirs), key=lambda d: not in_earlier_launch(d))
+    dirs = sorted(dict.fromkeys(launched_dir(d) for job in jobs for d in job.dirs),
+                  key=lambda d: not in_earlier_launch(d))
     found = []
     for job_dir in dirs:
         if (entry := launch(job_dir)) not in found:
@@ -389,7 +396,8 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
                       for n, p in zip(plan["n_needed"], planned, strict=True)]
     plan["seconds"] = plan["tokens"] / rate
     sweep = launches(jobs)
-    earlier = [d for job in jobs for d in job.dirs if in_earlier_launch(d)]
+    earlier = [d for d in dict.fromkeys(launched_dir(d) for job in jobs for d in job.dirs)
+               if in_earlier_launch(d)]
     if earlier:
         warnings.append(
             f"{len(earlier)} job dirs were last run by an earlier launch into their sweep dir "

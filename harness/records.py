@@ -24,6 +24,7 @@ QUARANTINE = "generations.quarantine.jsonl"
 JOB = "job.yaml"
 TIMING = "timing.json"
 LOCK = ".lock"
+SHARDS = "shards"  # <job dir>/shards/<i>-of-<n>/: a cluster task's job dir (harness.shards)
 REQUIRED = {"prompt_id": int, "seed": int, "prompt": str, "continuation": str, "reference": str,
             "num_tokens": int, "finish_reason": str, "config_hash": str}
 

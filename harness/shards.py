@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, open_dict
 
-from harness.records import JOB, RECORDS, TIMING, parse, rewrite
+from harness.records import JOB, RECORDS, SHARDS, TIMING, parse, rewrite
 from harness.runner import (
     Job,
     config_hash,
@@ -38,7 +38,6 @@ from harness.runner import (
     write_job_yaml,
 )
 
-SHARDS = "shards"
 SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
 
 

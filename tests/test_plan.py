@@ -291,3 +291,17 @@ def test_a_sweep_dir_of_two_launches_grows_every_dir_in_place(tmp_path):
         new = (job_dir / RECORDS).read_bytes()
         assert new.startswith(old)
         assert [json.loads(line)["prompt_id"] for line in new[len(old):].splitlines()] == [2]
+
+
+def test_a_running_cluster_task_is_grown_by_its_sweep_launch(tmp_path):
+    """While a fused_slurm study runs, its records are in shard dirs with no .hydra of their
+    own: the plan names their job dir's launch (it failed on the missing file)."""
+    sweep = tmp_path / "multirun" / "adhoc"
+    shards = [sweep / "top_k" / "shards" / f"{i}-of-2" for i in range(2)]
+    for shard in shards:
+        shard.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {
+        "hydra": ["hydra.mode=MULTIRUN", "hydra/launcher=fused_slurm"],
+        "task": ["selector=top_k", "dataset.limit=4"]}}}))
+    assert extension_command(launches([Job({}, shards)]), 9) == (
+        "python -m harness -m selector=top_k hydra/launcher=fused_slurm dataset.limit=9")
