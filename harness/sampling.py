@@ -129,10 +129,14 @@ def diagnose_groups(logits: Tensor, keep: Tensor, groups: Groups,
     every job: ranked as one batch, a single row of a typical method made every row pay for a
     full-vocabulary sort. ``groups``: consecutive slices from row 0 (``harness.decode.batches``);
     rows after the last (dummy rows) get zeros."""
+    stops = [0, *(rows.stop for _, rows in groups)]
+    if not groups or [rows.start for _, rows in groups] != stops[:-1]:
+        raise ValueError(f"groups {[rows for _, rows in groups]} are not consecutive slices "
+                         "from row 0")
     parts = [diagnose_prepared(logits[rows], keep[rows], "auto" if not graph_safe else
                                "count" if selector.keeps_most_probable else "sort")
              for selector, rows in groups]
-    dummies = logits.shape[0] - (groups[-1][1].stop if groups else 0)
+    dummies = logits.shape[0] - stops[-1]
     return StepDiagnostics(*(torch.cat([*values, values[0].new_zeros(dummies)])
                              for values in zip(*((d.kept, d.mass, d.mean_rank, d.topk_identical)
                                                  for d in parts), strict=True)))

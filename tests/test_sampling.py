@@ -10,7 +10,14 @@ from scipy.stats import chisquare
 
 from harness.data import DatasetConfig, load_prompts
 from harness.models import ModelConfig, load_model
-from harness.sampling import KeyedSampler, perturb, row_keys, step_keys, uniforms
+from harness.sampling import (
+    KeyedSampler,
+    diagnose_groups,
+    perturb,
+    row_keys,
+    step_keys,
+    uniforms,
+)
 from harness.selectors import make_selector
 
 
@@ -120,3 +127,11 @@ def test_top_k_of_the_whole_vocabulary_is_ancestral_and_top_1_is_greedy():
     assert torch.equal(sample("top_k", logits, seeds, prompts, top_k=1),
                        sample("greedy", logits, seeds, prompts))
     assert torch.equal(sample("greedy", logits, seeds, prompts), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("rows", [[], [slice(2, 4)], [slice(0, 2), slice(3, 4)],
+                                  [slice(2, 4), slice(0, 2)]])
+def test_diagnostics_refuse_groups_that_are_not_consecutive_from_row_0(rows):
+    groups = [(make_selector("top_k"), r) for r in rows]
+    with pytest.raises(ValueError, match="not consecutive slices from row 0"):
+        diagnose_groups(torch.randn(4, 50), torch.ones(4, 50, dtype=torch.bool), groups)
