@@ -39,7 +39,7 @@ from analysis.load import Job
 from analysis.mauve import MauveConfig, mauve_swap_null
 from analysis.stats import resample_counts, sign_flips
 from analysis.uncertainty import PARTS, BaselineConfig, matching, with_parts
-from harness.records import SHARDS, TIMING
+from harness.records import SHARD_NAME, SHARDS, TIMING
 from harness.sweep import SWEEPS
 
 log = logging.getLogger(__name__)
@@ -305,7 +305,8 @@ def in_earlier_launch(job_dir: Path) -> bool:
 def launched_dir(job_dir: Path) -> Path:
     """The job dir a launch names: a cluster task's shard dir (``<job>/shards/<i>-of-<n>``,
     while the study runs) is its job's."""
-    return job_dir.parent.parent if job_dir.parent.name == SHARDS else job_dir
+    shard = job_dir.parent.name == SHARDS and SHARD_NAME.fullmatch(job_dir.name)
+    return job_dir.parent.parent if shard else job_dir
 
 
 def launches(jobs: list[Job]) -> list[tuple[str, list[str]]]:

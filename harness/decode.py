@@ -19,12 +19,12 @@ With ``generation.compile`` the decode step (the model's forward over the static
 whole logits step: selectors, diagnostics, keyed noise) is one ``torch.compile(fullgraph=True)``
 graph: inductor with CUDA graphs on a GPU, aten's kernels on CPU (``COMPILERS``). It compiles
 once per layout: once per group, or once per part of a group with more jobs than rows per
-forward (each part has its own selectors; past dynamo's recompile limit, 8, a part runs
-eagerly). The step reads no device value on the host (``sample_step(graph_safe=True)``): NaN
-logits raise after the batch, naming the position, and EOS is checked every
-``CHECK_EOS_EVERY`` steps (each row still stops at its own EOS). On CPU without compilation the
-same loop runs eagerly with the cheaper data-dependent choices of ``sample_step`` (host reads
-cost nothing there); the records are the same.
+forward (each part has its own selectors: ``generate`` raises dynamo's recompile limit to the
+number of parts, and says what it costs). The step reads no device value on the host
+(``sample_step(graph_safe=True)``): NaN logits raise after the batch, naming the position, and
+EOS is checked every ``CHECK_EOS_EVERY`` steps (each row still stops at its own EOS). On CPU
+without compilation the same loop runs eagerly with the cheaper data-dependent choices of
+``sample_step`` (host reads cost nothing there); the records are the same.
 
 ``generation.batch_size=auto``: the largest batch that fits the free memory (``auto_batch_size``);
 on out-of-memory the batch in flight is retried at half the size, after every finished batch was
@@ -288,6 +288,19 @@ def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, new_tokens: int, ro
     return max(1, min(fits, rows))
 
 
+def allow_a_compilation_per_part(jobs: int, rows_per_forward: int) -> None:
+    """More jobs than rows per forward run in parts, one layout and one compiled graph each:
+    fullgraph compilation fails once dynamo's recompile limit (8) is hit, so raise it."""
+    parts = -(-jobs // rows_per_forward)
+    if parts > 1:
+        log.warning("generation.compile: %d jobs at %d rows per forward run in %d parts, one "
+                    "compilation each; more rows per forward (generation.batch_size) compile "
+                    "fewer", jobs, rows_per_forward, parts)
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, parts + 1)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * parts + 8)
+
+
 def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_size: int | str,
              stop: Any, write: Callable[[list[Row], list[dict]], None]) -> int | None:
     """Decode every row of ``jobs_rows`` (one list per job, in the group's job order), handing
@@ -306,6 +319,8 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
     if auto:
         log.info("generation.batch_size=auto: %d rows per forward (%s, %d rows to generate)",
                  size, loaded.device, total)
+    if gen.compile:
+        allow_a_compilation_per_part(sum(1 for rows in pending if rows), size)
     while True:
         try:
             for batch, groups in batches(pending, size):
@@ -329,3 +344,5 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
             size //= 2
             log.warning("out of memory: generation.batch_size=auto now %d rows per forward",
                         size)
+            if gen.compile:
+                allow_a_compilation_per_part(sum(1 for rows in pending if rows), size)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ JOB = "job.yaml"
 TIMING = "timing.json"
 LOCK = ".lock"
 SHARDS = "shards"  # <job dir>/shards/<i>-of-<n>/: a cluster task's job dir (harness.shards)
+SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
 REQUIRED = {"prompt_id": int, "seed": int, "prompt": str, "continuation": str, "reference": str,
             "num_tokens": int, "finish_reason": str, "config_hash": str}
 

@@ -19,7 +19,6 @@ prompts before generating the rest: the pilot is never generated twice.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, open_dict
 
-from harness.records import JOB, RECORDS, SHARDS, TIMING, parse, rewrite
+from harness.records import JOB, RECORDS, SHARD_NAME, SHARDS, TIMING, parse, rewrite
 from harness.runner import (
     Job,
     config_hash,
@@ -37,8 +36,6 @@ from harness.runner import (
     validate,
     write_job_yaml,
 )
-
-SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
 
 
 def shard_dir(job_dir: Path, shard: int, shards: int) -> Path:

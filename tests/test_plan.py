@@ -305,3 +305,13 @@ def test_a_running_cluster_task_is_grown_by_its_sweep_launch(tmp_path):
         "task": ["selector=top_k", "dataset.limit=4"]}}}))
     assert extension_command(launches([Job({}, shards)]), 9) == (
         "python -m harness -m selector=top_k hydra/launcher=fused_slurm dataset.limit=9")
+
+
+def test_a_sweep_dir_named_shards_is_not_taken_for_a_shard(tmp_path):
+    sweep = tmp_path / "shards"
+    job_dir = fake_job_dir(sweep, "top_k", ["selector=top_k"], ["hydra.mode=MULTIRUN"])
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {
+        "hydra": ["hydra.mode=MULTIRUN"], "task": ["selector=top_k,top_p"]}}}))
+    os.utime(job_dir / ".hydra" / "overrides.yaml", (2e9, 2e9))  # written after multirun.yaml
+    assert extension_command(launches([Job({}, [job_dir])]), 9) == (
+        "python -m harness -m selector=top_k,top_p dataset.limit=9")
