@@ -288,9 +288,11 @@ def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, new_tokens: int, ro
     return max(1, min(fits, rows))
 
 
-def allow_a_compilation_per_part(jobs: int, rows_per_forward: int) -> None:
-    """More jobs than rows per forward run in parts, one layout and one compiled graph each:
-    fullgraph compilation fails once dynamo's recompile limit (8) is hit, so raise it."""
+def allow_a_compilation_per_part(jobs_rows: list[list[Row]], rows_per_forward: int) -> None:
+    """More jobs (with rows left) than rows per forward run in parts (``batches``), one layout
+    and one compiled graph each: fullgraph compilation fails once dynamo's recompile limit (8)
+    is hit, so raise it."""
+    jobs = sum(1 for rows in jobs_rows if rows)
     parts = -(-jobs // rows_per_forward)
     if parts > 1:
         log.warning("generation.compile: %d jobs at %d rows per forward run in %d parts, one "
@@ -319,9 +321,9 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
     if auto:
         log.info("generation.batch_size=auto: %d rows per forward (%s, %d rows to generate)",
                  size, loaded.device, total)
-    if gen.compile:
-        allow_a_compilation_per_part(sum(1 for rows in pending if rows), size)
     while True:
+        if gen.compile:  # again after an out-of-memory halving: more parts
+            allow_a_compilation_per_part(pending, size)
         try:
             for batch, groups in batches(pending, size):
                 records = decode_batch(loaded, batch, groups, gen, stop)
@@ -344,5 +346,3 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
             size //= 2
             log.warning("out of memory: generation.batch_size=auto now %d rows per forward",
                         size)
-            if gen.compile:
-                allow_a_compilation_per_part(sum(1 for rows in pending if rows), size)
