@@ -193,21 +193,14 @@ def job_lock(job_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_records(path: Path, expected_hash: str) -> dict[tuple[int, int], dict]:
+def read_records(path: Path, expected_hash: str, repair: bool = True
+                 ) -> dict[tuple[int, int], dict]:
     """Finished records by (prompt_id, seed). Records of another config are refused, never
-    touched; corrupt or duplicated lines are quarantined; a torn last line is cut off."""
+    touched; corrupt or duplicated lines are quarantined; a torn last line is cut off.
+    ``repair=False`` (another job dir's file, not locked here: a shard's parent): the file is
+    only read, its corrupt lines and torn last line skipped."""
     parsed = parse(path)
-    refuse_other_configs(path, parsed.records, expected_hash)
-    if parsed.rejected:
-        quarantine(path, parsed)
-    elif parsed.torn:
-        log.warning("%s: dropping a torn last line left by an interrupted run", path)
-        os.truncate(path, path.stat().st_size - len(parsed.torn))
-    return {(r["prompt_id"], r["seed"]): r for r in parsed.records}
-
-
-def refuse_other_configs(path: Path, records: list[dict], expected_hash: str) -> None:
-    for record in records:
+    for record in parsed.records:
         if record["config_hash"] != expected_hash:
             raise JobError(
                 f"job dir {path.parent} holds records of a different config (hash "
@@ -216,6 +209,12 @@ def refuse_other_configs(path: Path, records: list[dict], expected_hash: str) ->
                 "in another dir (hydra.run.dir=... or hydra.sweep.dir=...), or delete that dir to "
                 "start it over."
             )
+    if repair and parsed.rejected:
+        quarantine(path, parsed)
+    elif repair and parsed.torn:
+        log.warning("%s: dropping a torn last line left by an interrupted run", path)
+        os.truncate(path, path.stat().st_size - len(parsed.torn))
+    return {(r["prompt_id"], r["seed"]): r for r in parsed.records}
 
 
 @dataclass
@@ -285,14 +284,6 @@ def append(job: Job, out: Any, records: list[dict], generated: bool = True) -> N
         job.new_tokens += sum(r["num_tokens"] for r in records)
 
 
-def records_to_copy(path: Path, expected_hash: str) -> dict[tuple[int, int], dict]:
-    """The records of another job dir (a shard's parent) by (prompt_id, seed), read only (that
-    dir is not locked here): refused, as ``read_records`` does, if it holds another config's."""
-    records = parse(path).records
-    refuse_other_configs(path, records, expected_hash)
-    return {(r["prompt_id"], r["seed"]): r for r in records}
-
-
 def adopt(job: Job, out: Any, prompts: list[Prompt], records: dict[tuple[int, int], dict],
           source: Path) -> None:
     """Copy into ``job``'s file the ``records`` (of ``source``, the same configuration) of its
@@ -339,7 +330,8 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
         for job in jobs:
             job.done = read_records(job.dir / RECORDS, job.digest)
             if copy_from and job.dir in copy_from:
-                copies[id(job)] = copy_from[job.dir][0], records_to_copy(*copy_from[job.dir])
+                source, digest = copy_from[job.dir]
+                copies[id(job)] = source, read_records(source, digest, repair=False)
         loaded = load_model(OmegaConf.to_object(first.model))
         needed = gen.prompt_tokens + gen.max_new_tokens
         if needed > loaded.max_length:
