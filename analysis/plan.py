@@ -309,11 +309,15 @@ def launched_dir(job_dir: Path) -> Path:
     return job_dir.parent.parent if shard else job_dir
 
 
+def launched_dirs(jobs: list[Job]) -> list[Path]:
+    """The jobs' dirs as launches name them, each once."""
+    return list(dict.fromkeys(launched_dir(d) for job in jobs for d in job.dirs))
+
+
 def launches(jobs: list[Job]) -> list[tuple[str, list[str]]]:
     """The distinct launches (entry point, overrides) that grow the jobs' dirs: those of
     earlier launches first, so that the sweep dir's ``multirun.yaml`` ends as it was."""
-    dirs = sorted(dict.fromkeys(launched_dir(d) for job in jobs for d in job.dirs),
-                  key=lambda d: not in_earlier_launch(d))
+    dirs = sorted(launched_dirs(jobs), key=lambda d: not in_earlier_launch(d))
     found = []
     for job_dir in dirs:
         if (entry := launch(job_dir)) not in found:
@@ -397,8 +401,7 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
                       for n, p in zip(plan["n_needed"], planned, strict=True)]
     plan["seconds"] = plan["tokens"] / rate
     sweep = launches(jobs)
-    earlier = [d for d in dict.fromkeys(launched_dir(d) for job in jobs for d in job.dirs)
-               if in_earlier_launch(d)]
+    earlier = [d for d in launched_dirs(jobs) if in_earlier_launch(d)]
     if earlier:
         warnings.append(
             f"{len(earlier)} job dirs were last run by an earlier launch into their sweep dir "
