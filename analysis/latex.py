@@ -141,15 +141,24 @@ def parameter_columns(summary: pd.DataFrame) -> list[str]:
     return columns[columns.index("method") + 1 : columns.index("n")]
 
 
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
+
+
 def label(row: pd.Series | dict, params: list[str], latex: bool = True) -> str:
     """``LTD ($\\alpha{=}0.7$, $k{=}10$)`` (``latex``) or ``LTD (α=0.7, k=10)``: the method and
-    its parameters (temperature only where it is not 1)."""
+    its parameters (temperature only where it is not 1); settings that are not numbers (a
+    model, a dataset, ``model.dtype``) as text: ``top-k ($k{=}10$, model.dtype=bfloat16)``."""
     method = row["method"]
     name = METHODS.get(method, (tex(method), method))[0 if latex else 1]
     shown = []
     for p in params:
         value = row.get(p)
-        if value is None or pd.isna(value) or (p == "temperature" and value == 1):
+        if (value is None or (pd.api.types.is_scalar(value) and pd.isna(value))
+                or (p == "temperature" and value == 1)):
+            continue
+        if not is_number(value):
+            shown.append(f"{tex(p)}={tex(str(value))}" if latex else f"{p}={value}")
             continue
         symbol = SYMBOLS.get(p, (f"\\mathit{{{tex(p)}}}", p))
         shown.append(f"${symbol[0]}{{=}}{value:g}$" if latex else f"{symbol[1]}={value:g}")

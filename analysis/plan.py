@@ -510,7 +510,8 @@ def render_plan(plan: pd.DataFrame, keys: list[str], notes: list[str]) -> str:
     for metric, rows in plan.groupby("metric", sort=False):
         cells = {}
         for _, r in rows.iterrows():
-            label = " ".join(str(r[k]) if k == "method" else f"{k}={r[k]:g}"
+            label = " ".join(str(r[k]) if k == "method" else f"{k}={r[k]}"
+                             if isinstance(r[k], str) else f"{k}={r[k]:g}"
                              for k in shown if pd.notna(r[k]) and r[k] != "")
             if r["status"] == "planned":
                 text = f"{int(r['n_needed'])} ({duration(r['seconds'])}"

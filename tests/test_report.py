@@ -266,3 +266,44 @@ def test_report_is_one_file_with_the_plan_and_no_outside_reference(tmp_path):
     assert "<td>412</td>" in html and "x &lt;y&gt;" in html  # the plan, escaped
     # where the notes lack it: 2.8 x the median SE, SE = width / (2 x 1.96): 2.8 x 0.3 / 3.92
     assert "a note" in html and "Coherence 0.214" in html
+
+
+def string_settings_summary() -> pd.DataFrame:
+    """Rows told apart by settings that are text (two models, two dtypes), as ``summarize``
+    lays them out: the settings between the parameters and ``n``."""
+    return pd.DataFrame({
+        "method": ["top_k", "top_k", "top_p", "human"], "top_k": [10.0, 10.0, math.nan, math.nan],
+        "top_p": [math.nan, math.nan, 0.95, math.nan],
+        "model": ["tiny", "SmolLM2-135M", "tiny", "tiny"],
+        "model.dtype": ["float32", "bfloat16", "bfloat16", math.nan],
+        "n": [16, 16, 16, 8], "seeds": [2, 2, 2, math.nan],
+        "coherence": [0.1, 0.2, 0.3, 0.4], "coherence_lo": [0.0, 0.1, 0.2, 0.3],
+        "coherence_hi": [0.2, 0.3, 0.4, 0.5], "delta_coherence": [math.nan] * 4,
+        "dataset": ["tiny"] * 4, "max_new_tokens": [40] * 4,
+        "config": ["a", "b", "c", "human:r"], "references": ["r"] * 4})
+
+
+def test_string_settings_are_rendered_as_text():
+    from analysis.latex import full_table
+    from analysis.plan import render_plan
+    from analysis.render import rendered
+    from analysis.report import render
+
+    summary = string_settings_summary()
+    params = ["top_k", "top_p", "model", "model.dtype"]
+    assert label(summary.iloc[1], params, latex=False) == (
+        "top-k (k=10, model=SmolLM2-135M, model.dtype=bfloat16)")
+    assert label(summary.iloc[2], params) == (
+        "top-$p$ ($p{=}0.95$, model=tiny, model.dtype=bfloat16)")
+    paper = paper_table(summary, ["coherence"])
+    assert "top-$k$ ($k{=}10$, model=tiny, model.dtype=float32)" in paper
+    assert "\\emph{SmolLM2-135M, tiny, 40 tokens}" in paper  # a reference group per model
+    assert "bfloat16" in full_table(rendered(summary))
+    html = render(summary, [], [], [], "sweep")
+    assert 'data-label="top-k (k=10, model=tiny, model.dtype=float32)' in html
+    plan = pd.DataFrame({"method": ["top_p"], "top_p": [0.95], "model.dtype": ["bfloat16"],
+                         "metric": ["coherence"], "delta": [0.1], "n_needed": [math.nan],
+                         "status": ["no variance of Δ in the pilot: no plan"],
+                         "command": [""]})
+    assert "| top_p top_p=0.95 model.dtype=bfloat16 |" in render_plan(
+        plan, ["method", "top_p", "model.dtype"], [])
