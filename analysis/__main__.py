@@ -137,7 +137,8 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
                                      cfg.plan, ["method", *parameters(jobs), *settings(jobs),
                                                 "model", "dataset", "max_new_tokens"], out)
     write_samples(summary, jobs, out, cfg.table.latex)
-    report = write_report(summary, jobs, out, cfg.report, plots, notes)  # + plan.md
+    report = write_report(summary, jobs, out, cfg.report, plots, notes, plan_markdown,
+                          cfg.table.latex)
     log_analysis(cfg, out, jobs, summary, per_seed, plots, report, plan)
     if cfg.write_back:
         write_back(jobs, summary, cfg.wandb)

@@ -265,6 +265,32 @@ def minimum_detectable(summary: pd.DataFrame, metric: str, level: float) -> floa
     return 2.8 * float(np.median(widths)) / (2 * z)
 
 
+def significance_floor(summary: pd.DataFrame, alpha: float = SIGNIFICANT) -> str | None:
+    """A note where no Δ can be marked significant, whatever its size: a paired sign-flip test
+    over n prompts cannot give p below 2 / 2^n (only the two all-or-nothing swaps are as
+    extreme as the observed Δ), and Holm multiplies the smallest p of the table by its m tests.
+    (The resampled test's own floor, 1 / (B + 1), stays below α / m: analysis.uncertainty draws
+    B >= 20 x the tests.) None where every row's n can reach α."""
+    tests = int(sum(summary[c].notna().sum() for c in summary if c.endswith("_holm")))
+    tested = summary[[c for c in summary if c.endswith("_holm")]].notna().any(axis=1)
+    if not tests or not tested.any():
+        return None
+    rows = summary[tested]
+    seeds = rows["seeds"] if "seeds" in rows else pd.Series(1, index=rows.index)
+    prompts = sorted({round(n / s) for n, s in zip(rows["n"], seeds, strict=True)
+                      if pd.notna(n) and pd.notna(s) and s})
+    blocked = [n for n in prompts if tests * 2.0 ** (1 - n) >= alpha]
+    if not blocked:
+        return None
+    needed = math.floor(1 + math.log2(tests / alpha)) + 1  # smallest n: m x 2^(1-n) < alpha
+    n = max(blocked)
+    which = "No Δ" if blocked == prompts else f"No Δ of the rows over n <= {n} prompts"
+    return (f"{which} can be marked significant at this n, whatever its size: over n = {n} "
+            f"prompts the smallest p a sign-flip test can give is 2/2^{n} = {2.0 ** (1 - n):.2g}"
+            f", and Holm over the table's m = {tests} tests makes it {tests * 2.0 ** (1 - n):.2g}"
+            f" >= {alpha:g}. It takes n >= {needed} prompts (or fewer tests).")
+
+
 def caption(summary: pd.DataFrame, metrics: list[str], resamples: int, level: float,
             baselines: list[str]) -> str:
     runs = summary[summary["method"] != "human"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.latex import LatexConfig, write_latex
+from analysis.latex import LatexConfig, significance_floor, write_latex
 from analysis.stats import BootstrapConfig
 
 SHOWN = [  # (column, scale, header) of the rendered table; every number is in summary.csv
@@ -76,6 +76,9 @@ def render_markdown(summary: pd.DataFrame, min_samples: int, notes: list[str] = 
                      "texts (each MAUVE is one generation seed's texts against the references; "
                      f"here as few as {summary['mauve_n'].min():g}): MAUVE is biased upward and "
                      "noisy there; compare such values only with each other, at equal n.")
+    floor = significance_floor(summary)
+    if floor:
+        notes.append(floor)
     return table + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
 

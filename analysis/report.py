@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
-import markupsafe
 import pandas as pd
+from markdown_it import MarkdownIt
 
 from analysis.latex import (
     METRICS,
+    LatexConfig,
     baseline_index,
     baseline_selector,
     best,
@@ -27,6 +28,7 @@ from analysis.latex import (
     minimum_detectable,
     parameter_columns,
     reference_groups,
+    significance_floor,
     significant,
 )
 from analysis.load import Job
@@ -88,16 +90,28 @@ def delta_cell(row: pd.Series, metric: str) -> Cell:
                 delta * m.scale, star, title)
 
 
-def table(summary: pd.DataFrame) -> tuple[list[str], list[dict], list[dict]]:
+@dataclass
+class Header:
+    text: str
+    folded: bool = False  # hidden until the reader asks for every column
+
+
+def table(summary: pd.DataFrame, first: list[str] | None = None,
+          ) -> tuple[list[Header], list[dict], list[dict]]:
     """Headers, the configurations' rows and the human rows, each row a dict with its label,
-    whether it is the baseline, and its cells."""
-    metrics = [m for m in SHOWN if m in summary and summary[m].notna().any()]
+    whether it is the baseline, and its cells. The metrics of ``first`` (the paper table's,
+    ``table.latex.metrics``) come first; the rest of ``SHOWN`` follow, folded."""
+    first = LatexConfig().metrics if first is None else first
+    shown = [*dict.fromkeys([*first, *SHOWN])]
+    metrics = [m for m in shown if m in summary and summary[m].notna().any()]
     params = parameter_columns(summary)
-    headers = ["Configuration", "n", "seeds"]
+    headers = [Header("Configuration"), Header("n"), Header("seeds")]
     for m in metrics:
-        headers.append(METRICS[m].header + (" ×100" if METRICS[m].scale == 100 else ""))
+        folded = m not in first
+        headers.append(Header(METRICS[m].header + (" ×100" if METRICS[m].scale == 100 else ""),
+                              folded))
         if f"delta_{m}" in summary:
-            headers.append(f"Δ {METRICS[m].header}")
+            headers.append(Header(f"Δ {METRICS[m].header}", folded))
     runs, humans = [], []
     for group in reference_groups(summary):
         base = baseline_index(group)
@@ -132,9 +146,16 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def plan_html(markdown: str) -> str:
+    """``plan.md`` as HTML: its pipe tables as tables (the same columns), its notes as a list;
+    any HTML in it is shown as text."""
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+
+
 def render(summary: pd.DataFrame, samples: list[SamplePrompt], plots: list[Path], notes: list[str],
-           title: str, plan: pd.DataFrame | str | None = None) -> str:
-    headers, runs, humans = table(summary)
+           title: str, plan: str | None = None, first: list[str] | None = None) -> str:
+    """The page; ``plan``: the text of ``plan.md``; ``first``: the metrics shown unfolded."""
+    headers, runs, humans = table(summary, first)
     if not any("minimum detectable" in note.lower() for note in notes):
         mde = {m: minimum_detectable(summary, m, 0.95) * METRICS[m].scale for m in SHOWN
                if m in summary}
@@ -143,29 +164,30 @@ def render(summary: pd.DataFrame, samples: list[SamplePrompt], plots: list[Path]
             notes = [*notes, "Minimum detectable Δ at this n (80% power, two-sided 5%, from the Δ "
                      "intervals): " + ", ".join(f"{METRICS[m].header} {v:.3g}"
                                                  for m, v in mde.items())]
-    if isinstance(plan, pd.DataFrame):
-        plan = plan.to_html(index=False, na_rep="", classes="plan", border=0)
-    elif isinstance(plan, str):
-        plan = f"<pre>{markupsafe.escape(plan)}</pre>"
+    floor = significance_floor(summary)
+    if floor:
+        notes = [*notes, floor]
+    plan = plan_html(plan) if plan else None
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     environment.filters["visible"] = visible
     environment.filters["labels"] = lambda selectors: [label(s, list(s)[1:], latex=False)
                                                        for s in selectors]
     return environment.from_string(TEMPLATE).render(
         title=title, headers=headers, runs=runs, humans=humans, notes=notes,
+        folded=[h.text for h in headers if h.folded and not h.text.startswith("Δ")],
         plots=[(p.stem.replace("_", " "), data_uri(p)) for p in plots], plan=plan,
         samples=samples, isnan=lambda v: isinstance(v, float) and math.isnan(v), json=json)
 
 
 def write_report(summary: pd.DataFrame, jobs: list[Job], out: Path, cfg: ReportConfig,
-                 plots: list[Path], notes: list[str], plan: pd.DataFrame | None = None) -> Path:
-    """``out/report.html``; the plan is ``plan`` or, where it is None, ``out/plan.md`` if the
-    analysis wrote one."""
-    if plan is None and (out / "plan.md").exists():
-        plan = (out / "plan.md").read_text()
+                 plots: list[Path], notes: list[str], plan: str | None = None,
+                 latex: LatexConfig | None = None) -> Path:
+    """``out/report.html``; ``plan``: the text of plan.md; the metrics of ``latex`` (the paper
+    table's) come first in the table."""
     samples = sample_prompts(jobs, cfg.samples, baseline_selector(summary))
     path = out / "report.html"
-    path.write_text(render(summary, samples, plots, notes, out.name, plan))
+    path.write_text(render(summary, samples, plots, notes, out.name, plan,
+                           list((latex or LatexConfig()).metrics)))
     return path
 
 
@@ -184,12 +206,19 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 150
        padding: 0 1em; color: #1d1d1f; }
 h1 { font-size: 1.5em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 .scroll { overflow-x: auto; }
-table.summary { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+table.summary { border-collapse: separate; border-spacing: 0;
+  font-variant-numeric: tabular-nums; }
 table.summary th, table.summary td { padding: .3em .6em; text-align: right;
   border-bottom: 1px solid #eee; white-space: nowrap; vertical-align: top; }
 table.summary th:first-child, table.summary td:first-child { text-align: left; }
 table.summary th { cursor: pointer; user-select: none; background: #f6f6f8;
-  position: sticky; top: 0; }
+  position: sticky; top: 0; z-index: 1; }
+/* the configuration stays in view when the table scrolls sideways */
+table.summary td:first-child { position: sticky; left: 0; background: #fff; z-index: 1;
+  box-shadow: 1px 0 0 #ddd; }
+table.summary th:first-child { left: 0; z-index: 2; box-shadow: 1px 0 0 #ddd; }
+table.summary.folded .folded { display: none; }
+label.columns { color: #555; }
 table.summary th[aria-sort=ascending]::after { content: " ▲"; }
 table.summary th[aria-sort=descending]::after { content: " ▼"; }
 table.summary tr.baseline td { background: #eef4ff; }
@@ -200,8 +229,13 @@ ul.notes { color: #444; max-width: 75em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .plots figure { margin: 0; flex: 1 1 520px; max-width: 760px; }
 .plots img { width: 100%; }
-table.plan { border-collapse: collapse; } table.plan td, table.plan th { padding: .2em .5em;
-  border-bottom: 1px solid #eee; }
+#plan-section table { border-collapse: collapse; margin: .5em 0 1em; }
+#plan-section th, #plan-section td { padding: .25em .6em; border-bottom: 1px solid #eee;
+  vertical-align: top; max-width: 28em; }
+#plan-section th { background: #f6f6f8; }
+#plan-section td:first-child { white-space: nowrap; }
+#plan-section code { font-size: .85em; overflow-wrap: anywhere; }
+#plan-section ul { color: #444; max-width: 75em; }
 section.prompt { margin: 1.5em 0; }
 .prompt-text { background: #f6f6f8; padding: .5em .8em; border-radius: 4px; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr));
@@ -224,16 +258,24 @@ mark.departs:empty::after { content: "■"; color: #c60; }
 <h2 id="table">Table</h2>
 <p class="legend">Click a column to sort. Small type: the interval (MAUVE: ± std); Δ against the
 baseline (blue row), * where Holm-significant (hover for p); bold: the best value where it is
-significantly better than the runner-up.</p>
+significantly better than the runner-up.
+
+{%- if folded %}
+<label class="columns"><input type="checkbox" id="all-columns"> every column (also
+{{ folded | join(", ") }})</label>{% endif %}</p>
 <div class="scroll">
-<table class="summary">
-<thead><tr>{% for header in headers %}<th>{{ header }}</th>{% endfor %}</tr></thead>
+<table class="summary folded">
+<thead><tr>{% for header in headers %}<th{% if header.folded %} class="folded"{% endif %}>
+{{- header.text }}</th>{% endfor %}</tr></thead>
 {% for body, rows in [("runs", runs), ("human", humans)] %}
 <tbody class="{{ body }}">
 {% for row in rows %}
 <tr data-label="{{ row.label }}"{% if row.baseline %} class="baseline"{% endif %}>
-{% for cell in row.cells %}<td data-sort="{{ '' if isnan(cell.sort) else cell.sort }}"
-  {%- if cell.strong %} class="strong"{% endif %}
+{% for cell in row.cells %}{% set classes = [] %}
+{%- if cell.strong %}{% set classes = classes + ["strong"] %}{% endif %}
+{%- if headers[loop.index0].folded %}{% set classes = classes + ["folded"] %}{% endif -%}
+<td data-sort="{{ '' if isnan(cell.sort) else cell.sort }}"
+  {%- if classes %} class="{{ classes | join(' ') }}"{% endif %}
   {%- if cell.title %} title="{{ cell.title }}"{% endif %}>
 {{- cell.text }}{% if loop.first and row.baseline %} (baseline){% endif %}
 {%- if cell.detail %}<span class="detail">{{ cell.detail }}</span>{% endif %}</td>{% endfor %}
@@ -251,7 +293,7 @@ significantly better than the runner-up.</p>
 {% endfor %}</div>{% endif %}
 
 {% if plan %}<h2 id="plan">Plan</h2>
-<div class="scroll">{{ plan | safe }}</div>{% endif %}
+<div id="plan-section">{{ plan | safe }}</div>{% endif %}
 
 <h2 id="samples">Samples</h2>
 <p class="legend">The first {{ samples | length }} prompts, one seed. Configurations with identical
@@ -282,6 +324,8 @@ the first word where it departs (■: it stops where the baseline goes on).</p>
 {% endfor %}
 
 <script>
+document.getElementById("all-columns")?.addEventListener("change", event =>
+  document.querySelector("table.summary").classList.toggle("folded", !event.target.checked));
 document.querySelectorAll("table.summary th").forEach((th, column) => {
   th.addEventListener("click", () => {
     const body = th.closest("table").querySelector("tbody.runs");
