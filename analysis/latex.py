@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ UNKNOWN = r"{\bfseries ?}"
 
 
 _SIGNS = {"±": r"\ensuremath{\pm}", "×": r"\ensuremath{\times}", "÷": r"\ensuremath{\div}",
-          "·": r"\ensuremath{\cdot}", "°": r"\ensuremath{^\circ}"}
+          "·": r"\ensuremath{\cdot}", "°": r"\ensuremath{^\circ}", "†": r"\textdagger{}"}
 
 
 def _encodable(char: str) -> bool:
@@ -379,18 +380,41 @@ def paper_table(summary: pd.DataFrame, metrics: list[str], resamples: int = 1000
         "\\label{tab:decoding}", "\\end{table}", ""])
 
 
-def full_table(rendered: pd.DataFrame) -> str:
-    """Every column of ``summary.md`` (strings), escaped: wide, for an appendix or a landscape
-    page."""
-    align = "l" + "r" * (rendered.shape[1] - 1)
-    rows = [" & ".join(tex(str(v)) for v in row) + " \\\\" for row in rendered.itertuples(
-        index=False)]
+def stacked(text: str) -> str:
+    """A cell of ``summary.md`` (``48.10 [45.20, 50.30] *``, ``63.23 ± 11.77``) as LaTeX: its
+    value (and marks) over its interval, which halves the column; other cells as they are."""
+    parts = re.fullmatch(r"(\S+) (\[[^\]]*\]|± \S+)(.*)", text)
+    if parts is None:
+        return tex(text)
+    value, spread, marks = parts.groups()
+    return f"\\fullcell{{{tex(value + marks)}}}{{{tex(spread)}}}"
+
+
+def full_table(summary: pd.DataFrame, rendered: pd.DataFrame) -> str:
+    """Every column of ``summary.md`` (``rendered``, strings; its rows ``summary``'s), escaped:
+    the columns that say what a row is as one configuration label, each value over its
+    interval, headers of two words on two lines. For an appendix on a landscape page (where a
+    demo-size sweep's table fits; wider ones: ``\\resizebox``)."""
+    described = list(rendered.columns[: list(rendered.columns).index("n")])
+    params = parameter_columns(summary)
+    names = ["Human" if row["method"] == "human" else label(row, params)
+             for _, row in summary.iterrows()]
+    cells = [[name, *(stacked(str(v)) for v in row)] for name, row in zip(
+        names, rendered.drop(columns=described).itertuples(index=False), strict=True)]
+    columns = ["Configuration", *rendered.drop(columns=described).columns]
+    align = "l" + "r" * (len(columns) - 1)
+    rows = [" & ".join(row) + " \\\\" for row in cells]
+    headers = [f"\\fullcell{{{tex(c.split(' ', 1)[0])}}}{{{tex(c.split(' ', 1)[1])}}}"
+               if " " in c else tex(c) for c in map(str, columns)]
     return "\n".join([
         "% Every column of summary.md: \\input into a document with \\usepackage{booktabs}; "
-        "wide (a landscape page or \\resizebox fits it).",
+        "wide: it fits a landscape page",
+        "% (\\usepackage[landscape]{geometry}) at a demo-size sweep; for more columns, wrap the "
+        "tabular in \\resizebox{\\linewidth}{!}{...}.",
         "\\begin{table}[p]", "\\centering", "\\tiny", "\\setlength{\\tabcolsep}{2pt}",
+        "\\providecommand{\\fullcell}[2]{\\begin{tabular}[t]{@{}r@{}}#1\\\\{}#2\\end{tabular}}",
         f"\\begin{{tabular}}{{{align}}}", "\\toprule",
-        " & ".join(tex(str(c)) for c in rendered.columns) + " \\\\", "\\midrule", *rows,
+        " & ".join(headers) + " \\\\", "\\midrule", *rows,
         "\\bottomrule", "\\end{tabular}",
         "\\caption{Every configuration and metric; see summary.csv for all numbers.}",
         "\\label{tab:decoding-full}", "\\end{table}", ""])
@@ -398,22 +422,25 @@ def full_table(rendered: pd.DataFrame) -> str:
 
 def samples_tex(prompts: list[SamplePrompt]) -> str:
     """Example generations side by side: per prompt, the human continuation and each group of
-    configurations with identical texts; the prefix shared with the baseline is grey (with
-    xcolor loaded) and the first word where a text departs from it is bold."""
+    configurations with identical texts, each under its label on a line of its own (so a text
+    that departs at its first word, bold, never runs into the label); the prefix shared with
+    the baseline is grey (with xcolor loaded) and the first word where a text departs from it
+    is bold."""
     lines = [
-        "% Example generations of python -m analysis: \\input into a document. The prefix a",
-        "% text shares with the baseline's is grey where xcolor is loaded; the first word",
-        "% where it departs is bold.",
+        "% Example generations of python -m analysis: \\input into a document. Each text under",
+        "% its label; the prefix a text shares with the baseline's is grey where xcolor is",
+        "% loaded; the first word where it departs is bold.",
         "\\makeatletter",
         "\\providecommand{\\sampleshared}[1]{\\@ifpackageloaded{xcolor}{\\textcolor{gray}{#1}}"
         "{#1}}",
         "\\makeatother",
         "\\providecommand{\\sampledeparts}[1]{\\textbf{#1}}",
+        "\\providecommand{\\samplelabel}[1]{\\textsc{#1}\\newline}",
     ]
     for prompt in prompts:
         lines += [f"\\paragraph{{Prompt {prompt.prompt_id} (seed {prompt.seed}).}} "
                   f"\\textit{{{tex(prompt.prompt)}}}", "\\begin{itemize}",
-                  f"\\item[--] \\textbf{{Human:}} {tex(prompt.reference)}"]
+                  f"\\item[--] \\samplelabel{{Human}} {tex(prompt.reference)}"]
         for group in prompt.groups:
             names = ", ".join(label(c, list(c)[1:]) for c in group.configurations)
             names += " (baseline)" if group.is_baseline else ""
@@ -424,7 +451,7 @@ def samples_tex(prompts: list[SamplePrompt]) -> str:
                 start, end = group.departs
                 body = (f"\\sampleshared{{{tex(text[:start])}}}"
                         f"\\sampledeparts{{{tex(text[start:end])}}}{tex(text[end:])}")
-            lines.append(f"\\item[--] \\textbf{{{names}:}} {body}")
+            lines.append(f"\\item[--] \\samplelabel{{{names}}} {body}")
         lines.append("\\end{itemize}")
     return "\n".join(lines) + "\n"
 
@@ -440,4 +467,4 @@ def write_latex(summary: pd.DataFrame, rendered: pd.DataFrame, out: Path, cfg: L
     """``summary.tex`` (the paper table; ``resamples`` and ``level`` of the bootstrap for its
     caption) and ``summary_full.tex`` (every column)."""
     (out / "summary.tex").write_text(paper_table(summary, list(cfg.metrics), resamples, level))
-    (out / "summary_full.tex").write_text(full_table(rendered))
+    (out / "summary_full.tex").write_text(full_table(summary, rendered))

@@ -298,7 +298,7 @@ def test_string_settings_are_rendered_as_text():
     paper = paper_table(summary, ["coherence"])
     assert "top-$k$ ($k{=}10$, model=tiny, model.dtype=float32)" in paper
     assert "\\emph{SmolLM2-135M, tiny, 40 tokens}" in paper  # a reference group per model
-    assert "bfloat16" in full_table(rendered(summary))
+    assert "model.dtype=bfloat16" in full_table(summary, rendered(summary))
     html = render(summary, [], [], [], "sweep")
     assert 'data-label="top-k (k=10, model=tiny, model.dtype=float32)' in html
     plan = pd.DataFrame({"method": ["top_p"], "top_p": [0.95], "model.dtype": ["bfloat16"],
