@@ -98,7 +98,7 @@ UNKNOWN = r"{\bfseries ?}"
 
 
 _SIGNS = {"±": r"\ensuremath{\pm}", "×": r"\ensuremath{\times}", "÷": r"\ensuremath{\div}",
-          "·": r"\ensuremath{\cdot}", "°": r"\ensuremath{^\circ}", "†": r"\textdagger{}"}
+          "·": r"\ensuremath{\cdot}", "°": r"\ensuremath{^\circ}", "†": r"\ensuremath{\dagger}"}
 
 
 def _encodable(char: str) -> bool:
