@@ -249,23 +249,161 @@ def test_report_loads_offline_with_the_samples_marked(analysed, tmp_path):
     assert marked > 0
 
 
-def test_report_is_one_file_with_the_plan_and_no_outside_reference(tmp_path):
+def plan_markdown() -> str:
+    """plan.md of two rows, two metrics and two δ, one entry with a command to escape."""
+    from analysis.plan import render_plan
+
+    plan = pd.DataFrame({
+        "method": ["top_p", "top_p", "min_p", "min_p"] * 2, "top_p": [0.95, 0.95, None, None] * 2,
+        "min_p": [None, None, 0.1, 0.1] * 2, "metric": ["coherence"] * 4 + ["diversity"] * 4,
+        "delta": [0.01, 0.05] * 4, "n_needed": [412, 17, 300, 12] * 2,
+        "extrapolation": [1.0] * 8, "seconds": [60.0] * 8,
+        "status": ["planned", "the pilot's n = 24 already has this power", "planned",
+                   "planned"] * 2,
+        "command": ["python -m harness.sweep x", "", "python -m harness.sweep x <y>", ""] * 2})
+    return render_plan(plan, ["method", "top_p", "min_p"], ["a plan note"])
+
+
+def markdown_headers(markdown: str) -> list[list[str]]:
+    """The header row of each pipe table of ``markdown``."""
+    lines = markdown.splitlines()
+    return [[c.strip() for c in line.strip("|").split("|")] for line, below in zip(
+        lines, [*lines[1:], ""], strict=True) if line.startswith("|") and below.startswith("|:")]
+
+
+def html_headers(html: str) -> list[list[str]]:
+    return [re.findall(r"<th[^>]*>(.*?)</th>", head, re.S)
+            for head in re.findall(r"<thead>(.*?)</thead>", html, re.S)]
+
+
+def test_report_is_one_file_with_the_plan_as_tables_and_no_outside_reference(tmp_path):
     import matplotlib.pyplot as plt
 
-    from analysis.report import render
+    from analysis.report import plan_html, render
 
     figure = tmp_path / "plot.png"
     plt.plot([0, 1]), plt.savefig(figure), plt.close()
     summary = summary_of({"coherence": [0.1, 0.2, 0.3]}, [math.nan, 0.01, 0.5]).assign(
         delta_coherence_lo=[math.nan, 0.0, 0.0], delta_coherence_hi=[math.nan, 0.2, 0.4])
-    plan = pd.DataFrame({"method": ["a"], "metric": ["coherence"], "delta": [0.05],
-                         "n_needed": [412], "command": ["python -m harness.sweep x <y>"]})
-    html = render(summary, [], [figure], ["a note"], "sweep", plan)
+    markdown = plan_markdown()
+    html = render(summary, [], [figure], ["a note"], "sweep", markdown)
     assert re.findall(r"""(?:src|href)=["'](?!data:|#)""", html) == []
     assert html.count('src="data:image/png;base64,') == 1
-    assert "<td>412</td>" in html and "x &lt;y&gt;" in html  # the plan, escaped
+    # the plan: plan.md's tables as HTML tables with the same columns, no markdown left over
+    plan = html[html.index('id="plan-section"'):]
+    assert markdown_headers(markdown) == [["configuration", "δ = 0.01", "δ = 0.05"]] * 2
+    assert html_headers(plan) == markdown_headers(markdown)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", plan)
+    assert cells[:3] == ["top_p top_p=0.95", "412 (1 min)",
+                         "the pilot's n = 24 already has this power"]
+    assert "<strong>coherence</strong>" in plan and "**" not in plan and "<pre>" not in plan
+    assert "<li>a plan note</li>" in plan and "x &lt;y&gt;" in plan  # escaped
+    assert "<script" not in plan_html("<script>alert(1)</script> | a |")
     # where the notes lack it: 2.8 x the median SE, SE = width / (2 x 1.96): 2.8 x 0.3 / 3.92
     assert "a note" in html and "Coherence 0.214" in html
+
+
+def test_the_paper_table_metrics_come_first_and_the_rest_fold():
+    from analysis.report import table
+
+    summary = summary_of({"coherence": [0.1, 0.2, 0.3], "mauve": [0.5, 0.6, 0.7],
+                          "perplexity": [10.0, 11.0, 12.0]}, [math.nan, 0.01, 0.5])
+    headers, runs, _ = table(summary, ["coherence", "mauve"])
+    assert [(h.text, h.folded) for h in headers] == [
+        ("Configuration", False), ("n", False), ("seeds", False), ("Coherence", False),
+        ("Δ Coherence", False), ("MAUVE ×100", False), ("PPL", True)]
+    assert [c.text for c in runs[1]["cells"]][3:] == ["0.200", "+0.100 *", "60.0", "11.0"]
+
+
+@pytest.mark.parametrize(("prompts", "tests", "blocked"), [(8, 4, False), (8, 8, True),
+                                                          (9, 8, False), (12, 140, True)])
+def test_a_note_says_when_no_delta_can_reach_significance(prompts, tests, blocked):
+    import itertools
+
+    import numpy as np
+
+    from analysis.latex import significance_floor
+    from analysis.stats import holm
+
+    # the exact sign-flip p of the most extreme data (every prompt's Δ of one sign), by
+    # enumerating all 2^n flips, as the smallest p the test can give; Holm's smallest adjusted p
+    difference = np.ones(prompts)
+    sums = [abs(np.where(f, -difference, difference).sum())
+            for f in itertools.product([0, 1], repeat=prompts)]
+    smallest = np.mean(np.array(sums) >= difference.sum())
+    assert smallest == 2 / 2**prompts
+    holm_smallest = holm(np.array([smallest] * tests)).min()
+    assert (holm_smallest >= 0.05) == blocked
+    summary = pd.DataFrame({"method": ["top_k"] + ["top_p"] * tests, "n": 2 * prompts,
+                            "seeds": 2, "p_coherence_holm": [math.nan] + [0.5] * tests})
+    note = significance_floor(summary)
+    assert (note is not None) == blocked
+    if blocked:
+        needed = next(n for n in itertools.count(prompts) if tests * 2 / 2**n < 0.05)
+        assert f"n = {prompts} prompts" in note and f"m = {tests} tests" in note
+        assert f"It takes n >= {needed} prompts" in note
+
+
+def captured_figure(monkeypatch, draw):
+    """The figure ``draw`` saves (matplotlib's own objects, to read back what it shows)."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self))
+    assert draw()
+    (figure,) = saved
+    return figure
+
+
+def test_plots_are_in_the_table_units_with_the_promised_bands(monkeypatch, tmp_path):
+    from analysis.plots import metric_vs_alpha
+
+    summary = pd.DataFrame({
+        "method": ["locally_typical_distance"] * 3 + ["human"], "alpha": [0.2, 0.5, 1.0, None],
+        "top_k": [10.0, 10.0, 10.0, None], "n": [24] * 4,
+        "mauve": [0.80, 0.85, 0.90, None], "mauve_std": [0.02, 0.01, 0.03, None],
+        "coherence": [0.1, 0.2, 0.3, 0.4], "coherence_lo": [0.05, 0.15, 0.25, 0.3],
+        "coherence_hi": [0.15, 0.25, 0.35, 0.5]})
+    figure = captured_figure(monkeypatch, lambda: metric_vs_alpha(summary, "mauve",
+                                                                  tmp_path / "m.png"))
+    ax = figure.axes[0]
+    assert ax.get_title() == "MAUVE vs alpha (bands: ± std)" and ax.get_ylabel() == "MAUVE (x100)"
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([80, 85, 90])  # x100, as the table
+    (band,) = ax.collections
+    vertices = band.get_paths()[0].vertices
+    assert vertices[:, 1].min() == pytest.approx(78) and vertices[:, 1].max() == pytest.approx(93)
+    figure = captured_figure(monkeypatch, lambda: metric_vs_alpha(summary, "coherence",
+                                                                  tmp_path / "c.png"))
+    ax = figure.axes[0]
+    assert ax.get_title() == "Coherence vs alpha (bands: 95% intervals)"
+    vertices = ax.collections[0].get_paths()[0].vertices
+    assert vertices[:, 1].min() == pytest.approx(0.05) and vertices[:, 1].max() == pytest.approx(
+        0.35)
+    assert ax.lines[-1].get_ydata()[0] == 0.4 and ax.get_legend_handles_labels()[1] == [
+        "LTD (k=10)", "human"]
+
+
+def test_labels_of_coinciding_points_are_merged_and_never_overlap(monkeypatch, tmp_path):
+    from analysis.plots import mauve_vs_diversity
+
+    # 1 and 2 coincide to the pixel; 3 to 6 are close (their labels would collide); 7 is apart
+    mauve = [0.800, 0.8000001, 0.860, 0.862, 0.864, 0.866, 0.2]
+    diversity = [0.900, 0.9000001, 0.930, 0.931, 0.932, 0.933, 0.5]
+    summary = pd.DataFrame({"method": ["top_k"] * 7, "top_k": range(1, 8), "n": 24,
+                            "mauve": mauve, "mauve_std": 0.01, "diversity": diversity,
+                            "diversity_lo": [d - 0.01 for d in diversity],
+                            "diversity_hi": [d + 0.01 for d in diversity]})
+    figure = captured_figure(monkeypatch, lambda: mauve_vs_diversity(summary, tmp_path / "p.png"))
+    ax = figure.axes[0]
+    texts = [t for t in ax.texts if t.get_text()]
+    numbers = sorted(int(n) for t in texts for n in t.get_text().split(", "))
+    assert numbers == list(range(1, 8)) and "1, 2" in [t.get_text() for t in texts]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert ax.get_xlabel() == "Diversity (x100, 95% interval)"
 
 
 def string_settings_summary() -> pd.DataFrame:
