@@ -128,12 +128,12 @@ def test_bad_settings_are_named_when_the_config_loads():
         paper_table(frame, ["coherence", "cohesion"])
 
 
-def compile_latex(directory: Path, name: str, body: str) -> str:
-    """pdflatex on a plain article with booktabs that holds ``body``; the log (fails on any
-    LaTeX error)."""
+def compile_latex(directory: Path, name: str, body: str, preamble: str = "") -> str:
+    """pdflatex on a plain article with booktabs (and ``preamble``) that holds ``body``; the
+    log (fails on any LaTeX error)."""
     document = directory / f"{name}.tex"
     document.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n"
-                        f"\\begin{{document}}\n{body}\n\\end{{document}}\n")
+                        f"{preamble}\n\\begin{{document}}\n{body}\n\\end{{document}}\n")
     result = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error",
                              document.name], cwd=directory, capture_output=True, text=True,
                             timeout=120)
@@ -169,11 +169,13 @@ def analysed(tmp_path_factory):
 def test_latex_outputs_compile_and_the_paper_table_fits(analysed, tmp_path):
     out, summary, _ = analysed
     for name in ("summary", "summary_full", "samples"):
-        log = compile_latex(tmp_path, name, f"\\input{{{out / name}.tex}}")
-        if name == "summary":
+        # summary_full.tex on the landscape page it is for (geometry's default margins)
+        preamble = "\\usepackage[landscape]{geometry}" if name == "summary_full" else ""
+        log = compile_latex(tmp_path, name, f"\\input{{{out / name}.tex}}", preamble)
+        if name != "samples":
             overfull = [float(w) for w in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide",
                                                      log)]
-            assert all(w <= 1.0 for w in overfull), f"summary.tex is {max(overfull)}pt too wide"
+            assert all(w <= 1.0 for w in overfull), f"{name}.tex is {max(overfull)}pt too wide"
     paper = (out / "summary.tex").read_text()
     assert paper.count("\\\\") - paper.count("\\\\[") == len(summary) + 1  # header + each row
     for phrase in ("$n = 12$ prompts", "10000 resamples", "Holm-adjusted",
@@ -208,6 +210,23 @@ def test_report_loads_offline_with_the_samples_marked(analysed, tmp_path):
         page.goto(url, wait_until="load")
         assert errors == []
         assert [r for r in requests if r != url and not r.startswith("data:")] == []
+        # readable at 1400 px: the paper metrics' columns fit, the rest are folded, and the
+        # configuration column stays in view when every column is shown and the table scrolls
+        fits = "t => t.closest('.scroll').scrollWidth <= t.closest('.scroll').clientWidth"
+        assert page.eval_on_selector("table.summary", fits)
+        assert page.eval_on_selector("table.summary td", "td => getComputedStyle(td).position"
+                                     ) == "sticky"
+        assert not page.is_visible("table.summary th:text-is('PPL')")
+        page.check("#all-columns")
+        assert page.is_visible("table.summary th:text-is('PPL')")
+        page.eval_on_selector(".scroll", "s => s.scrollLeft = s.scrollWidth")
+        assert page.eval_on_selector("table.summary td", """td => {
+          const box = td.getBoundingClientRect(); return box.left >= 0 && box.right <= 1400; }""")
+        page.uncheck("#all-columns")
+        # the plan: plan.md's tables as HTML tables, the same columns
+        shown_plan = page.eval_on_selector_all("#plan-section table", """ts => ts.map(
+          t => [...t.querySelectorAll('thead th')].map(th => th.textContent))""")
+        assert shown_plan and shown_plan == markdown_headers((out / "plan.md").read_text())
         rows = page.eval_on_selector_all("table.summary tbody tr", "rs => rs.map(r => r.dataset"
                                          ".label)")
         assert sorted(rows) == sorted([*labels, "Human"])
@@ -445,3 +464,53 @@ def test_string_settings_are_rendered_as_text():
                          "command": [""]})
     assert "| top_p top_p=0.95 model.dtype=bfloat16 |" in render_plan(
         plan, ["method", "top_p", "model.dtype"], [])
+
+
+def wide_summary() -> pd.DataFrame:
+    """The seed-comparison sweep's shape: 11 configurations (every method and parameter column)
+    and the human row, every metric of summary.md with its interval and Δ, at its widest
+    (three-digit values, negative Δs)."""
+    methods = [("greedy", {}), *[("locally_typical", {"alpha": a, "top_k": 10.0})
+                                 for a in (0.0, 0.5)],
+               *[("locally_typical_distance", {"alpha": a, "top_k": 10.0})
+                 for a in (0.2, 0.5, 0.7, 1.0)], ("min_p", {"min_p": 0.1}),
+               ("top_k", {"top_k": 10.0}), ("top_p", {"top_p": 0.95}),
+               ("typical", {"typical_p": 0.95}), ("human", {})]
+    rows = []
+    for i, (method, params) in enumerate(methods):
+        row = {"method": method, **dict.fromkeys(["temperature", "alpha", "top_k", "min_p",
+                                                  "top_p", "typical_p"]), **params,
+               "n": 4800, "seeds": 2, "mauve": 0.9123, "mauve_std": 0.1234}
+        for metric, value in (("diversity", 0.9999), ("rep_2", 99.99), ("coherence", 0.9999),
+                              ("perplexity", 999.99), ("topk_identical_rate", 0.9999)):
+            row |= {metric: value, f"{metric}_lo": value * 0.99, f"{metric}_hi": value}
+            if method != "human" and i != 8:  # the baseline (top-k) has no Δ
+                row |= {f"delta_{metric}": -value / 2, f"delta_{metric}_lo": -value,
+                        f"delta_{metric}_hi": -value / 4, f"p_{metric}_holm": 0.01}
+        rows.append(row | {"delta_subset": 1.0 if method == "greedy" else 0.0})
+    return pd.DataFrame(rows).assign(delta_mauve=-0.5, p_mauve_holm=0.01)
+
+
+@pytest.mark.tex
+@needs_tex
+def test_summary_full_fits_a_landscape_page_and_samples_set_the_label_apart(tmp_path):
+    from analysis.latex import full_table, samples_tex
+    from analysis.render import rendered
+    from analysis.samples import SampleGroup, SamplePrompt
+
+    summary = wide_summary()
+    log = compile_latex(tmp_path, "full", full_table(summary, rendered(summary)),
+                        "\\usepackage[landscape]{geometry}")
+    overfull = [float(w) for w in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide", log)]
+    assert overfull == [], f"summary_full.tex is {max(overfull)}pt too wide on a landscape page"
+    assert "\\resizebox" in full_table(summary, rendered(summary)).splitlines()[1]
+    # a text that departs from the baseline at its first word: bold, under its bold-free label
+    prompt = SamplePrompt(0, 0, "The house", "stood empty.", {}, [
+        SampleGroup([{"method": "top_k", "top_k": 10}], "was old.", True),
+        SampleGroup([{"method": "top_p", "top_p": 0.95}], "Gardens grew.", False, (0, 7))])
+    compile_latex(tmp_path, "samples", samples_tex([prompt]))
+    text = subprocess.run(["pdftotext", "-layout", "samples.pdf", "-"], cwd=tmp_path,
+                          capture_output=True, text=True, check=True).stdout
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    label_line = next(i for i, line in enumerate(lines) if "p=0.95" in line)
+    assert lines[label_line].endswith("(p=0.95)") and lines[label_line + 1] == "Gardens grew."
