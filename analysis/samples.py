@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from analysis.load import Job, reference_keys
+from analysis.table import settings
 
 PIECE = re.compile(r"(\s*)(\w+|[^\w\s]|$)")
 
@@ -44,9 +45,30 @@ def selector_of(job: Job) -> dict:
             **{k: v for k, v in selector.items() if v is not None}}
 
 
+def configurations(jobs: list[Job]) -> dict[str, dict]:
+    """Per job (config id), what tells it apart as a summary row does: its method and set
+    parameters, and the settings in which the jobs differ (``model.dtype``, ...) but the
+    reference keys (model, dataset, new tokens), which a sample's heading names."""
+    varying = settings(jobs) if jobs else None
+    out = {}
+    for job in jobs:
+        extra = {} if varying is None else varying.loc[job.config_id].to_dict()
+        out[job.config_id] = {**selector_of(job), **{
+            k: v for k, v in extra.items() if k not in REFERENCE_KEYS and v is not None
+            and not (isinstance(v, float) and math.isnan(v))}}
+    return out
+
+
+REFERENCE_KEYS = ("model", "dataset", "max_new_tokens")
+
+
 def same_selector(a: dict, b: dict | None) -> bool:
-    """Equal methods and parameters (numbers compared with a tolerance: 10 == 10.0)."""
-    if b is None or a.keys() != b.keys():
+    """Equal methods, parameters and settings (numbers compared with a tolerance: 10 ==
+    10.0); reference keys in ``b`` are left out (a sample group shares them)."""
+    if b is None:
+        return False
+    b = {k: v for k, v in b.items() if k not in REFERENCE_KEYS}
+    if a.keys() != b.keys():
         return False
     return all(a[k] == b[k] or (isinstance(a[k], int | float) and isinstance(b[k], int | float)
                                 and math.isclose(a[k], b[k])) for k in a)
@@ -71,14 +93,16 @@ def departure(text: str, base: str) -> tuple[int, int] | None:
 def sample_prompts(jobs: list[Job], count: int, baseline: dict | None = None,
                    ) -> list[SamplePrompt]:
     """The first ``count`` prompts of each reference group, at the smallest seed every job of
-    the group ran, with the jobs' texts grouped and marked against ``baseline`` (a selector
-    dict as ``selector_of`` gives; None: no marks)."""
+    the group ran, with the jobs' texts grouped and marked against ``baseline`` (a row's
+    method, parameters and settings, as ``analysis.latex.baseline_selector`` gives; None: no
+    marks)."""
+    named = configurations(jobs)
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         groups.setdefault(tuple(reference_keys(job.config).values()), []).append(job)
     result = []
     for group in groups.values():
-        group = sorted(group, key=lambda j: str(sorted(selector_of(j).items())))
+        group = sorted(group, key=lambda j: str(sorted(named[j.config_id].items())))
         seeds = set.intersection(*({r["seed"] for r in job.records} for job in group))
         if not seeds:
             continue
@@ -86,8 +110,8 @@ def sample_prompts(jobs: list[Job], count: int, baseline: dict | None = None,
         texts = [{r["prompt_id"]: r for r in job.records if r["seed"] == seed}
                  for job in group]
         prompt_ids = sorted(set.intersection(*(set(t) for t in texts)))[:count]
-        base = next((i for i, job in enumerate(group) if same_selector(selector_of(job), baseline)),
-                    None)
+        base = next((i for i, job in enumerate(group)
+                     if same_selector(named[job.config_id], baseline)), None)
         for prompt_id in prompt_ids:
             first = texts[0][prompt_id]
             sample = SamplePrompt(prompt_id, seed, first["prompt"], first["reference"],
@@ -96,7 +120,7 @@ def sample_prompts(jobs: list[Job], count: int, baseline: dict | None = None,
             for i, job in enumerate(group):
                 text = texts[i][prompt_id]["continuation"]
                 entry = by_text.setdefault(text, SampleGroup([], text))
-                entry.configurations.append(selector_of(job))
+                entry.configurations.append(named[job.config_id])
                 entry.is_baseline |= i == base
             if base is not None:
                 base_text = texts[base][prompt_id]["continuation"]

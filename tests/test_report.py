@@ -514,3 +514,40 @@ def test_summary_full_fits_a_landscape_page_and_samples_set_the_label_apart(tmp_
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     label_line = next(i for i, line in enumerate(lines) if "p=0.95" in line)
     assert lines[label_line].endswith("(p=0.95)") and lines[label_line + 1] == "Gardens grew."
+
+
+def test_samples_of_rows_told_apart_by_a_setting_name_it_and_mark_against_the_baseline():
+    """Two dtypes of two selectors: each card names its dtype, and the baseline (top-k at
+    float32, as the summary's baseline row has it) is found, so departures are marked."""
+    from omegaconf import OmegaConf
+
+    from analysis.latex import baseline_selector
+    from analysis.load import Job
+    from analysis.samples import sample_prompts
+    from analysis.table import configuration, summarize
+    from tests.conftest import compose
+
+    texts = {("top_k", "float32"): "the cat sat", ("top_k", "bfloat16"): "the cat ran",
+             ("top_p", "float32"): "the dog sat", ("top_p", "bfloat16"): "the cat sat"}
+    jobs = []
+    for (selector, dtype), text in texts.items():
+        config = OmegaConf.to_container(compose(*TINY, f"selector={selector}",
+                                                f"model.dtype={dtype}"), resolve=True)
+        records = [{"prompt_id": 0, "seed": 0, "prompt": "p", "reference": "r",
+                    "continuation": text}]
+        jobs.append(Job(config, records=records))
+    per_seed = pd.DataFrame([{**configuration(job), "seed": 0, "n": 1, "coherence": 0.5}
+                             for job in jobs])
+    summary = summarize(per_seed, pd.DataFrame(), jobs)
+    base = summary[(summary["method"] == "top_k") & (summary["model.dtype"] == "float32")].index
+    summary["delta_coherence"] = [math.nan if i in base else 0.0 for i in summary.index]
+    baseline = baseline_selector(summary)
+    assert baseline["model.dtype"] == "float32"
+    (sample,) = sample_prompts(jobs, 1, baseline)
+    cards = {tuple(label(c, list(c)[1:], latex=False) for c in g.configurations):
+             (g.text, g.is_baseline, g.departs) for g in sample.groups}
+    assert cards == {
+        ("top-k (k=10, model.dtype=float32)", "top-p (p=0.95, model.dtype=bfloat16)"):
+            ("the cat sat", True, None),
+        ("top-k (k=10, model.dtype=bfloat16)",): ("the cat ran", False, (8, 11)),
+        ("top-p (p=0.95, model.dtype=float32)",): ("the dog sat", False, (4, 7))}
