@@ -1,7 +1,9 @@
 """``report.html``: one self-contained file (inline CSS and script, images as data URIs, a
 Content-Security-Policy that forbids any request) to open on an offline cluster. It holds the
-table with intervals and Δs (sortable by clicking a column), the notes with the minimum
-detectable Δ, the plots, the plan where there is one, and a sample browser: per prompt the
+table with intervals and Δs (sortable by clicking a column; the paper table's metrics first, the
+rest folded, the configuration column fixed when it scrolls), the notes with the minimum
+detectable Δ (and whether any Δ can reach significance at this n), the plots, the plan's tables
+where there is one, and a sample browser: per prompt the
 prompt, the human continuation and every configuration's continuation side by side, identical
 texts under one heading, the prefix shared with the baseline grey and the first word piece where
 a text departs from it marked."""
