@@ -19,7 +19,7 @@ from analysis.coherence import (
     likelihood_metrics,
     token_log_likelihoods,
 )
-from analysis.diversity import diversity_metrics, ngram_counts
+from analysis.diversity import NGRAM_COLUMNS, ngram_statistics
 from analysis.features import disk_cached, featurize
 from analysis.load import Job, reference_groups, reference_keys
 from analysis.mauve import MauveConfig, mauve_scores
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 READABLE = {"model.name": "model", "dataset.name": "dataset",
             "generation.max_new_tokens": "max_new_tokens"}  # settings shown under a short name
-NGRAM_COLUMNS = ["u2", "t2", "u3", "t3", "u4", "t4"]
 DIAGNOSTICS = ["topk_identical_rate", "kept_mean", "mass_mean", "rank_mean"]
 METRICS = ["mauve", "diversity", "rep_2", "rep_3", "rep_4", "distinct_1", "distinct_2",
            "distinct_3", "distinct_4", "coherence", "coherence_ll", "perplexity", "mean_tokens",
@@ -59,9 +58,9 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
     is logged under ``label`` and left blank; the others are still computed. ``per_text``, if
     given, receives each text's sufficient statistics (columns of ``per_text.csv``)."""
     per_text = {} if per_text is None else per_text
-    counts = ngram_counts(texts, cfg.diversity.skip_last_ngram)
+    counts, diversity = ngram_statistics(texts, cfg.diversity.skip_last_ngram)
     per_text.update({name: counts[:, i] for i, name in enumerate(NGRAM_COLUMNS)})
-    row: dict = {"n": len(texts), **diversity_metrics(texts, cfg.diversity.skip_last_ngram)}
+    row: dict = {"n": len(texts), **diversity}
     if not any(t.strip() for t in texts):
         log.warning("%s: all %d texts are empty; MAUVE and coherence left blank", label,
                     len(texts))
