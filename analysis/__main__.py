@@ -40,6 +40,7 @@ from analysis.table import (
     human_rows,
     job_rows,
     parameters,
+    per_text_frame,
     settings,
     summarize,
 )
@@ -124,7 +125,7 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
         rows, texts = rows + human_seed_rows, texts + human_texts
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         log.error("the human references could not be analysed: %s", error)
-    per_seed, per_text = pd.DataFrame(rows), pd.DataFrame(texts)
+    per_seed, per_text = pd.DataFrame(rows), per_text_frame(texts)
     summary = summarize(per_seed, per_text, jobs)
     summary, notes = add_uncertainty(summary, per_text, jobs, cfg.metrics.mauve, cfg.bootstrap,
                                      cfg.baseline, parameters(jobs))

@@ -17,7 +17,7 @@ differences between configurations are paired.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,39 +40,53 @@ def ratio(sums: np.ndarray) -> np.ndarray:
         return sums[..., 0] / sums[..., 1]
 
 
-CHUNK = 2**20  # draws per chunk: the generator's int64 output is converted chunk by chunk
+BLOCK = 2**20  # draws per block: the generator's int64 output is converted block by block
 
 
-def _chunked(draw: Callable[[int], np.ndarray], samples: int, prompts: int) -> np.ndarray:
-    """``draw(rows)`` called for consecutive row blocks (the generator's stream is the same as
-    one call's) into one float32 ``[samples, prompts]`` array, without the int64 whole."""
-    out = np.empty((samples, prompts), np.float32)
-    step = max(1, CHUNK // max(prompts, 1))
+def _blocks(draw: Callable[[int], np.ndarray], samples: int,
+            prompts: int) -> Iterator[np.ndarray]:
+    """``draw(rows)`` for consecutive blocks of rows, as float32 (the generator's stream is the
+    same as one call's for all rows)."""
+    step = max(1, BLOCK // max(prompts, 1))
     for start in range(0, samples, step):
-        stop = min(samples, start + step)
-        out[start:stop] = draw(stop - start)
-    return out
+        yield draw(min(samples, start + step) - start).astype(np.float32)
+
+
+def count_blocks(prompts: int, samples: int, seed: int) -> Iterator[np.ndarray]:
+    """``resample_counts`` block by block of rows."""
+    rng = np.random.default_rng(seed)
+    probabilities = np.full(prompts, 1 / prompts)
+    return _blocks(lambda rows: rng.multinomial(prompts, probabilities, size=rows), samples,
+                   prompts)
+
+
+def flip_blocks(prompts: int, samples: int, seed: int) -> Iterator[np.ndarray]:
+    """``sign_flips`` block by block of rows."""
+    rng = np.random.default_rng(seed + 1)
+    return _blocks(lambda rows: rng.integers(0, 2, size=(rows, prompts)), samples, prompts)
 
 
 def resample_counts(prompts: int, samples: int, seed: int) -> np.ndarray:
     """``[samples, prompts]`` float32: how often each prompt is drawn in each bootstrap
     resample."""
-    rng = np.random.default_rng(seed)
-    probabilities = np.full(prompts, 1 / prompts)
-    return _chunked(lambda rows: rng.multinomial(prompts, probabilities, size=rows), samples,
-                    prompts)
+    return np.concatenate([*count_blocks(prompts, samples, seed),
+                           np.empty((0, prompts), np.float32)])
 
 
 def sign_flips(prompts: int, samples: int, seed: int) -> np.ndarray:
     """``[samples, prompts]`` float32 of 0/1: which prompts swap their two configurations."""
-    rng = np.random.default_rng(seed + 1)
-    return _chunked(lambda rows: rng.integers(0, 2, size=(rows, prompts)), samples, prompts)
+    return np.concatenate([*flip_blocks(prompts, samples, seed),
+                           np.empty((0, prompts), np.float32)])
 
 
-def resampled(matrix: np.ndarray, parts: np.ndarray) -> np.ndarray:
+def resampled(matrix: np.ndarray | Iterable[np.ndarray], parts: np.ndarray) -> np.ndarray:
     """``matrix @ parts`` in the matrix's dtype (float32: no float64 copy of the matrix), as
-    float64 for the statistics."""
-    return (matrix @ parts.astype(matrix.dtype, copy=False)).astype(float)
+    float64 for the statistics; ``matrix`` may come as blocks of rows (never whole in memory)."""
+    if isinstance(matrix, np.ndarray):
+        return (matrix @ parts.astype(matrix.dtype, copy=False)).astype(float)
+    single = parts.astype(np.float32)
+    return np.concatenate([block @ single for block in matrix]
+                          or [np.empty((0, parts.shape[1]), np.float32)]).astype(float)
 
 
 def interval(values: np.ndarray, level: float) -> tuple[float, float]:

@@ -104,21 +104,22 @@ def configuration(job: Job) -> dict:
             "config": job.config_id, "references": job.references_id, "job": job.name}
 
 
-def per_text_rows(base: dict, records: list[dict], seed: int | None, stats: dict) -> list[dict]:
+def per_text_rows(base: dict, records: list[dict], seed: int | None,
+                  stats: dict) -> pd.DataFrame:
     """Rows of ``per_text.csv``: one per text with its configuration, prompt, seed and
-    sufficient statistics."""
-    rows = []
-    for i, record in enumerate(records):
-        row = {**base, "prompt_id": record["prompt_id"], "seed": seed,
-               **{name: float(values[i]) for name, values in stats.items()}}
-        if seed is not None:  # a generation (not a human reference)
-            row.update(num_tokens=record["num_tokens"], eos=record["finish_reason"] == "eos",
-                       **{key: record[key] for key in DIAGNOSTICS if key in record})
-        rows.append(row)
-    return rows
+    sufficient statistics (built column by column: a study has 10^5 texts)."""
+    columns = {**base, "prompt_id": [r["prompt_id"] for r in records],
+               "seed": math.nan if seed is None else seed,
+               **{name: np.asarray(values, float) for name, values in stats.items()}}
+    if seed is not None:  # a generation (not a human reference)
+        columns.update(num_tokens=[r["num_tokens"] for r in records],
+                       eos=[r["finish_reason"] == "eos" for r in records],
+                       **{key: [r.get(key, math.nan) for r in records] for key in DIAGNOSTICS
+                          if any(key in r for r in records)})
+    return pd.DataFrame(columns, index=range(len(records)))
 
 
-def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
+def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[pd.DataFrame]]:
     """One row per generation seed of ``job`` (``per_seed.csv``), and one per text
     (``per_text.csv``)."""
     base = configuration(job)
@@ -132,7 +133,7 @@ def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
                                 [r["continuation"] for r in records],
                                 [r["reference"] for r in records], cfg, generator,
                                 f"job {job.name}, seed {seed}", stats))
-        texts += per_text_rows(base, records, seed, stats)
+        texts.append(per_text_rows(base, records, seed, stats))
         row["mean_tokens"] = float(np.mean([r["num_tokens"] for r in records]))
         row["eos_rate"] = float(np.mean([r["finish_reason"] == "eos" for r in records]))
         for key in DIAGNOSTICS:
@@ -142,7 +143,7 @@ def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
     return rows, texts
 
 
-def human_rows(jobs: list[Job], cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
+def human_rows(jobs: list[Job], cfg: MetricsConfig) -> tuple[list[dict], list[pd.DataFrame]]:
     """The references themselves, one row per reference group, over the prompts the group's
     jobs are compared on; and one row per reference text."""
     rows, texts = [], []
@@ -156,7 +157,7 @@ def human_rows(jobs: list[Job], cfg: MetricsConfig) -> tuple[list[dict], list[di
         row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
                                 group[0].config["model"]["source"], "human references", stats))
         row["mean_tokens"] = float(row["max_new_tokens"])  # references have exactly this many
-        texts += per_text_rows(base, records, None, stats)
+        texts.append(per_text_rows(base, records, None, stats))
         rows.append(row)
     return rows, texts
 
@@ -193,6 +194,11 @@ def settings(jobs: list[Job]) -> pd.DataFrame:
 def parameters(jobs: list[Job]) -> list[str]:
     """Every parameter any job's selector config holds, in the order the configs list them."""
     return list(dict.fromkeys(k for job in jobs for k in job.config["selector"] if k != "method"))
+
+
+def per_text_frame(texts: list[pd.DataFrame]) -> pd.DataFrame:
+    """``per_text.csv`` from ``job_rows``' and ``human_rows``' pieces."""
+    return pd.concat(texts, ignore_index=True) if texts else pd.DataFrame()
 
 
 def pooled(per_text: pd.DataFrame) -> pd.DataFrame:

@@ -42,6 +42,8 @@ from analysis.stats import (
     Comparison,
     compare,
     compared,
+    count_blocks,
+    flip_blocks,
     holm,
     interval,
     minimum_detectable_effect,
@@ -190,15 +192,32 @@ def common_sums(a: Texts, b: Texts) -> tuple[np.ndarray, np.ndarray, int]:
 class Resamples:
     """The bootstrap counts ``[samples, prompts]`` and sign flips ``[samples_test, prompts]``
     every comparison over ``prompts`` prompts shares (so comparisons are paired with each
-    other too)."""
+    other too). Each matrix is made whole only for a caller that asks for it (``counts``,
+    ``flips``: MAUVE's swap test); ``times`` draws it block by block into a product."""
 
-    counts: np.ndarray
-    flips: np.ndarray
+    prompts: int
+    cfg: BootstrapConfig
+    samples_test: int
 
     @classmethod
     def of(cls, prompts: int, cfg: BootstrapConfig, samples_test: int) -> Resamples:
-        return cls(resample_counts(prompts, cfg.samples, cfg.seed),
-                   sign_flips(prompts, samples_test, cfg.seed))
+        return cls(prompts, cfg, samples_test)
+
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        return resample_counts(self.prompts, self.cfg.samples, self.cfg.seed)
+
+    @functools.cached_property
+    def flips(self) -> np.ndarray:
+        return sign_flips(self.prompts, self.samples_test, self.cfg.seed)
+
+    def times(self, kind: str, parts: np.ndarray) -> np.ndarray:
+        """``counts @ parts`` or ``flips @ parts`` (``kind``), float64 ``[samples, k]``."""
+        if kind in vars(self):  # already whole
+            return resampled(vars(self)[kind], parts)
+        if kind == "counts":
+            return resampled(count_blocks(self.prompts, self.cfg.samples, self.cfg.seed), parts)
+        return resampled(flip_blocks(self.prompts, self.samples_test, self.cfg.seed), parts)
 
 
 def parts_of(sums: np.ndarray, metric: str) -> np.ndarray:
@@ -354,7 +373,7 @@ class Products:
         self.done: dict[tuple[str, bytes], np.ndarray] = {}
         for (kind, prompts), matrices in stacks.items():
             stacked = np.nan_to_num(np.hstack(list(matrices.values())))  # NaN: a part unused
-            product = resampled(getattr(resamples(prompts), kind), stacked)
+            product = resamples(prompts).times(kind, stacked)
             for k, key in enumerate(matrices):
                 width = stacked.shape[1] // len(matrices)
                 self.done[kind, key] = product[:, k * width : (k + 1) * width]
@@ -493,7 +512,7 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
         per_text.iloc[:1]))]
     samples_test = max(cfg.samples, 20 * planned_tests(summary, metrics))
     # one set of resamples per number of prompts, shared by every interval and test (and
-    # generated once: at 2,500 prompts and B = 10,000 each array is 100 MB)
+    # drawn once: at 2,500 prompts and B = 10,000 each matrix is 100 MB)
     resamples = functools.cache(lambda prompts: Resamples.of(prompts, cfg, samples_test))
     wanted: list[Interval | Test] = cell_intervals(summary, texts)
     by_config = {job.config_id: job for job in jobs}
@@ -534,6 +553,26 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
     return summary, notes
 
 
+DETECTABLE = "Minimum detectable Δ at this n"
+
+
+def minimum_detectable(summary: pd.DataFrame, metric: str) -> float:
+    """The Δ ``metric`` the table detects with 80% power in a two-sided 5% test: 2.8 x the
+    median bootstrap SE of Δ (``se_<metric>``) over the rows compared with a baseline. Rows
+    whose texts equal the baseline's (SE 0) carry no information and are left out; NaN (not
+    estimable) where no row is left."""
+    column = f"se_{metric}"
+    ses = summary[column].dropna() if column in summary else pd.Series(dtype=float)
+    ses = ses[ses > 0]
+    return minimum_detectable_effect(float(np.median(ses))) if len(ses) else math.nan
+
+
+def detectable(summary: pd.DataFrame, metric: str, scale: float = 1) -> str:
+    """``minimum_detectable`` in the table's units (x ``scale``), or "not estimable"."""
+    value = minimum_detectable(summary, metric)
+    return f"{value * scale:.3g}" if np.isfinite(value) else "not estimable"
+
+
 def settings_of(summary: pd.DataFrame) -> list[str]:
     """The settings columns of the table (``table.settings``: dotted keys where rows differ)."""
     return [c for c in summary if "." in c]
@@ -554,22 +593,25 @@ def uncertainty_notes(summary: pd.DataFrame, cfg: BootstrapConfig, baselines: li
             f"Δ: against {'; '.join(baselines)}, on the (prompt, seed) pairs both rows have, "
             f"paired (same resampled prompts), {level} interval; p: paired sign-flip test "
             f"with {samples_test} resamples; * marks Holm-adjusted p < 0.05 over all {tests} "
-            "tests of this table. MAUVE: mean ± std over k-means and generation seeds; its Δ "
-            "is measured on one k-means codebook shared by human, baseline and row (so it is "
-            "not the difference of two MAUVE cells) and tested by swapping the two rows' "
-            "labels.")
+            "tests of the outcome metrics of this table. MAUVE: mean ± std over k-means and "
+            f"generation seeds; {DELTA_MAUVE} is measured on one k-means codebook shared by "
+            "human, baseline and row (so it is not the difference of two MAUVE cells) and "
+            "tested by swapping the two rows' labels.")
         if "delta_subset" in summary and (summary["delta_subset"] == 1).any():
             notes.append("† Δ is on fewer texts than the cells: the row and the baseline have "
                          "different seeds (greedy runs seed 0 only), so Δ compares them on the "
                          "(prompt, seed) pairs both have and is not the difference of the two "
                          "cells, which keep all their own seeds.")
-        ses = {m: summary[f"se_{m}"].dropna() for m in MAIN if f"se_{m}" in summary}
-        mde = {m: np.median([minimum_detectable_effect(se) for se in values])
-               for m, values in ses.items() if len(values)}
+        mde = {m: detectable(summary, m, {"diversity": 100}.get(m, 1)) for m in MAIN
+               if f"se_{m}" in summary}
         if mde:
-            scale = {"diversity": 100}
-            notes.append("Minimum detectable Δ at this n (80% power, two-sided 5%, 2.8 x the "
-                         "median bootstrap SE of Δ): " + ", ".join(
-                             f"{m} {v * scale.get(m, 1):.3g}" for m, v in mde.items())
+            notes.append(f"{DETECTABLE} (80% power, two-sided 5%, 2.8 x the median bootstrap "
+                         "SE of Δ over the rows not identical to the baseline): " + ", ".join(
+                             f"{m} {v}" for m, v in mde.items())
                          + "; the SE shrinks as 1/√n.")
+        described = [m for m in DESCRIPTIVE if f"p_{m}" in summary]
+        if described:
+            notes.append(f"Holm's family is the outcome metrics ({', '.join(OUTCOMES)}): "
+                         f"{', '.join(described)} describe how a configuration generates; "
+                         "their p-values (summary.csv) are unadjusted and never starred.")
     return notes

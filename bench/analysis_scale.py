@@ -101,14 +101,16 @@ def stage_table(sweep: Path, jobs: list, samples: int) -> str:
             records = [r for r in job.records if r["seed"] == seed]
             stats, row = text_statistics([r["continuation"] for r in records])
             stats.update(random_scores(rng, len(records)))
-            texts += per_text_rows(base, records, seed, stats)
+            texts.append(per_text_rows(base, records, seed, stats))
             rows.append({**base, "seed": seed, "n": len(records), **row})
-    summary = summarize(pd.DataFrame(rows), pd.DataFrame(texts), jobs)
+    per_text = (pd.concat(texts, ignore_index=True) if isinstance(texts[0], pd.DataFrame)
+                else pd.DataFrame([t for ts in texts for t in ts]))  # older: dicts
+    summary = summarize(pd.DataFrame(rows), per_text, jobs)
     cfg = BootstrapConfig(samples=samples)
-    summary, _ = add_uncertainty(summary, pd.DataFrame(texts), jobs, MauveConfig(), cfg,
+    summary, _ = add_uncertainty(summary, per_text, jobs, MauveConfig(), cfg,
                                  BaselineConfig(), parameters(jobs))
     tests = int(summary[[c for c in summary if c.endswith("_holm")]].notna().sum().sum())
-    return f"{len(summary)} rows, {tests} tests, {len(texts)} texts"
+    return f"{len(summary)} rows, {tests} tests, {len(per_text)} texts"
 
 
 def text_statistics(texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
