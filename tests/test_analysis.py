@@ -194,7 +194,7 @@ def test_a_baseline_that_names_several_rows_is_an_error_listing_them(tiny_sweep)
     assert features.stats["embedded"] == before  # before any work
     rows = pd.DataFrame([{"method": "top_k", "top_k": 10, "config": c, "references": "r"}
                          for c in ("aaa", "bbb")])  # differing in no selector parameter
-    with pytest.raises(AmbiguousBaseline, match="baseline.params.config=aaa; .*config=bbb"):
+    with pytest.raises(AmbiguousBaseline, match=r"baseline\.params\.config=aaa; .*config=bbb"):
         check_baseline(rows, BaselineConfig(), ["top_k"])
     rows["references"] = ["r", "s"]  # one per reference group: each group's own baseline
     assert check_baseline(rows, BaselineConfig(), ["top_k"]) is None
