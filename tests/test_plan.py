@@ -317,3 +317,51 @@ def test_a_sweep_dir_named_shards_is_not_taken_for_a_shard(tmp_path):
     os.utime(job_dir / ".hydra" / "overrides.yaml", (2e9, 2e9))  # written after multirun.yaml
     assert extension_command(launches([Job({}, [job_dir])]), 9) == (
         "python -m harness -m selector=top_k,top_p dataset.limit=9")
+
+
+def test_a_degenerate_mauve_null_gives_no_plan_not_a_crash(pilot, monkeypatch):
+    """The shape that broke the plan: one sub-sample's texts all in one cluster give a swap
+    null sd of exactly 0 (log 0), or one of rounding size (an exponent of -25.7)."""
+    degenerate = [0.0, 5.8e-4, 3.8e-19]
+    assert power_law_n([1, 2, 4], degenerate, 0.02, 3.0)[0] == -1
+    assert power_law_n([1, 2, 4], [0.02, 5.8e-4, 3.8e-19], 0.02, 3.0)[0] == -1
+    n, exponent = power_law_n([1, 2, 4], [2e-2, 5.8e-4, 1e-9], 0.02, 3.0)  # far below n^-1.5
+    assert n == -1 and exponent < -1.5
+    monkeypatch.setattr("analysis.plan.mauve_null_fit",
+                        lambda *args, **kwargs: ([1, 2, 4], degenerate))
+    _, sweep = pilot
+    analyse([sweep], analysis_config("plan.delta.mauve=[2,5]"))  # the run finishes
+    plan = pd.read_csv(sweep / "plan.csv")
+    top_p = plan[(plan["method"] == "top_p") & (plan["metric"] == "mauve")]
+    assert len(top_p) == 2 and top_p["n_needed"].isna().all()
+    assert top_p["status"].str.startswith("no plan: degenerate null").all(), top_p["status"]
+    assert "no plan: degenerate null" in (sweep / "plan.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_planned_n_has_the_planned_power_on_resampled_pilot_differences():
+    """The issue's check: resample a pilot's per-prompt sums to the plan's n, shift its Δ to
+    δ, and run the project's own paired sign-flip test at α/m (m = 80, the demo's family): the
+    power is the plan's 80% (before the null's δ² entered the formula: 0.75-0.77)."""
+    rng = np.random.default_rng(11)
+    n_pilot, tests, repeats = 48, 80, 1000
+    prompt = rng.beta(2, 5, size=(n_pilot, 1))  # coherence-like: bounded, skewed, per prompt
+    base = texts(np.clip(prompt + rng.normal(0, 0.15, (n_pilot, 3)), 0, 1), [0, 1, 2])
+    row = texts(np.clip(prompt + rng.normal(0.01, 0.2, (n_pilot, 3)), 0, 1), [0, 1, 2])
+    columns, stat = PARTS["coherence"]
+    a, b = paired_sums(row, base, columns)
+    observed = stat(a.sum(0)) - stat(b.sum(0))
+    se = bootstrap_se(a, b, stat, 4000, 0)
+    delta = 1.5 * se  # a δ the pilot cannot resolve: n several times the pilot's
+    n = prompts_needed(se, n_pilot, delta, *z_scores(tests, 0.8))
+    assert 3 * n_pilot < n < 10 * n_pilot
+    level = 0.05 / tests
+    flips = sign_flips(n, int(40 / level), 0)  # resolves p down to level / 40
+    counts = resample_counts(n, 10, 0)  # (the interval is not what is checked)
+    found = 0
+    for _ in range(repeats):
+        chosen = rng.integers(0, n_pilot, n)
+        shifted = a[chosen].copy()
+        shifted[:, 0] += (delta - observed) * shifted[:, 1]  # each text's value + (δ - Δ)
+        found += compare(shifted, b[chosen], stat, counts, flips, 0.95).p < level
+    assert 0.78 <= found / repeats <= 0.85, (found / repeats, n)
