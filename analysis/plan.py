@@ -39,7 +39,7 @@ import yaml
 from analysis.features import disk_cached, featurize
 from analysis.load import Job
 from analysis.mauve import MauveConfig, mauve_swap_null
-from analysis.stats import resample_counts, sign_flips
+from analysis.stats import resample_counts, resampled, sign_flips
 from analysis.uncertainty import PARTS, BaselineConfig, baseline_row, with_parts
 from harness.records import SHARD_NAME, SHARDS, TIMING
 from harness.sweep import SWEEPS
@@ -138,7 +138,7 @@ def bootstrap_se(a: np.ndarray, b: np.ndarray, stat, samples: int, seed: int) ->
     variance of a mean is (n-1)/n of the unbiased one, which matters at sub-sample sizes."""
     n = len(a)
     counts = resample_counts(n, samples, seed)
-    replicates = stat(counts @ a) - stat(counts @ b)
+    replicates = stat(resampled(counts, a)) - stat(resampled(counts, b))
     finite = replicates[np.isfinite(replicates)]
     return float(finite.std() * math.sqrt(n / (n - 1))) if finite.size > 1 else math.nan
 

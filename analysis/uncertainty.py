@@ -3,8 +3,8 @@
 For each metric computed from per-text sufficient statistics (``per_text.csv``) the summary
 gets ``<metric>_lo``/``_hi`` (a percentile bootstrap over prompts, at ``bootstrap.level``) and,
 for every configuration but the baseline, ``delta_<metric>`` with its paired-bootstrap interval
-and a paired sign-flip p-value ``p_<metric>``, Holm-adjusted over the whole table in
-``p_<metric>_holm``.
+and a paired sign-flip p-value ``p_<metric>``, Holm-adjusted over the table's outcome metrics
+(``OUTCOMES``) in ``p_<metric>_holm``; the descriptive metrics' p-values stay unadjusted.
 
 A row's cell and interval use all its texts (every seed). A Δ, its interval and its p compare
 two rows on the (prompt, seed) pairs **both** have (``compare_rows``): a 1-seed row against a
@@ -16,6 +16,11 @@ MAUVE keeps its mean ± std over k-means and generation seeds (bootstrap replica
 are biased, and their percentile intervals under-cover), and its Δ is tested by swapping the two
 configurations' k-means labels on one shared codebook. Corpus ``distinct_n`` gets no interval:
 duplicated texts in a bootstrap resample bias it down.
+
+At a study's size (10^5 texts, B = 10^4) the cost is in the products of the resample matrices
+with per-prompt sums: ``Products`` draws each matrix once per prompt count and multiplies it
+with every row's sums side by side (each distinct sums matrix once: the baseline's, shared by
+its comparisons, included), so a table is one product per prompt count and kind.
 """
 
 from __future__ import annotations
