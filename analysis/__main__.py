@@ -1,8 +1,9 @@
 """``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [key=value ...] [--debug]``: metrics, tables,
 plots.
 
-Writes into the first sweep dir: summary.csv/.md/.tex, summary_full.tex,
-samples.tex, report.html, per_seed.csv and plots/*.png, and logs
+Writes into the first sweep dir, as one set (``analysis.outputs``: a failed analysis leaves the
+previous set): summary.csv/.md/.tex, summary_full.tex, samples.tex, report.html, per_seed.csv,
+per_text.csv, plan.csv/.md and plots/*.png; then logs
 them to one W&B run (offline by default; group: the sweeps' name) whose id the dir keeps, so a
 re-analysis replaces it; each configuration's metrics, intervals, Δs and p-values go into its
 generation run (``harness.tracking.publish_job``). Overrides are Hydra's, on
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from analysis import features
 from analysis.latex import TableConfig, write_samples
 from analysis.load import DuplicateMismatch, find_jobs, load_notes
+from analysis.outputs import output_set
 from analysis.plan import PlanConfig, plan_sweep
 from analysis.plots import make_plots
 from analysis.render import write_tables
@@ -40,6 +42,7 @@ from analysis.table import (
     human_rows,
     job_rows,
     parameters,
+    per_text_frame,
     settings,
     summarize,
 )
@@ -124,21 +127,25 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
         rows, texts = rows + human_seed_rows, texts + human_texts
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         log.error("the human references could not be analysed: %s", error)
-    per_seed, per_text = pd.DataFrame(rows), pd.DataFrame(texts)
+    per_seed, per_text = pd.DataFrame(rows), per_text_frame(texts)
     summary = summarize(per_seed, per_text, jobs)
     summary, notes = add_uncertainty(summary, per_text, jobs, cfg.metrics.mauve, cfg.bootstrap,
                                      cfg.baseline, parameters(jobs))
     notes = [*([missing_baseline] if missing_baseline else []), *notes,
              *load_notes(sweep_dirs, jobs)]
-    markdown = write_tables(per_seed, summary, per_text, out, cfg.metrics.mauve.min_samples,
-                            notes, cfg.table.latex, cfg.bootstrap)
-    plots = make_plots(summary, out / "plots")
-    plan, plan_markdown = plan_sweep(summary, per_text, jobs, cfg.metrics.mauve, cfg.baseline,
-                                     cfg.plan, ["method", *parameters(jobs), *settings(jobs),
-                                                "model", "dataset", "max_new_tokens"], out)
-    write_samples(summary, jobs, out, cfg.table.latex)
-    report = write_report(summary, jobs, out, cfg.report, plots, notes, plan_markdown,
-                          cfg.table.latex)
+    with output_set(out) as staging:  # all outputs replace the previous ones, or none does
+        markdown = write_tables(per_seed, summary, per_text, staging,
+                                cfg.metrics.mauve.min_samples, notes, cfg.table.latex,
+                                cfg.bootstrap)
+        plots = make_plots(summary, staging / "plots")
+        plan, plan_markdown = plan_sweep(summary, per_text, jobs, cfg.metrics.mauve,
+                                         cfg.baseline, cfg.plan,
+                                         ["method", *parameters(jobs), *settings(jobs), "model",
+                                          "dataset", "max_new_tokens"], staging)
+        write_samples(summary, jobs, staging, cfg.table.latex)
+        report = write_report(summary, jobs, staging, cfg.report, plots, notes, plan_markdown,
+                              cfg.table.latex)
+    plots, report = [out / "plots" / p.name for p in plots], out / report.name
     log_analysis(cfg, out, jobs, summary, per_seed, plots, report, plan)
     if cfg.write_back:
         write_back(jobs, summary, cfg.wandb)

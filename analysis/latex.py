@@ -19,12 +19,11 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 
-import numpy as np
 import pandas as pd
 from pylatexenc.latexencode import UnicodeToLatexEncoder
 
+from analysis import uncertainty
 from analysis.load import Job
 from analysis.samples import SamplePrompt, sample_prompts
 
@@ -252,18 +251,10 @@ def delta_cell(row: pd.Series, metric: str) -> str:
     return f"${delta * m.scale:+.{m.decimals}f}{star}$"
 
 
-def minimum_detectable(summary: pd.DataFrame, metric: str, level: float) -> float:
-    """2.8 x the median SE of Δ, read off the Δ intervals' widths (SE = width / (2 z)); rows
-    whose texts equal the baseline's (zero width) carry no information and are left out."""
-    low, high = f"delta_{metric}_lo", f"delta_{metric}_hi"
-    if {low, high} - set(summary):
-        return math.nan
-    widths = (summary[high] - summary[low]).dropna()
-    widths = widths[widths > 0]
-    if widths.empty:
-        return math.nan
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    return 2.8 * float(np.median(widths)) / (2 * z)
+def minimum_detectable(summary: pd.DataFrame, metric: str, level: float = 0.95) -> float:
+    """``analysis.uncertainty.minimum_detectable``: the one computation summary.md, the
+    report and this caption show (``level``, the intervals', does not enter it)."""
+    return uncertainty.minimum_detectable(summary, metric)
 
 
 def significance_floor(summary: pd.DataFrame, alpha: float = SIGNIFICANT) -> str | None:
@@ -317,11 +308,12 @@ def caption(summary: pd.DataFrame, metrics: list[str], resamples: int, level: fl
                     f"prompts; $^{{*}}$: Holm-adjusted $p < {SIGNIFICANT:g}$ (paired sign-flip "
                     f"tests; MAUVE: swap test) over all {tests} tests of the table.")
     text.append("Bold: the best value, only where it differs significantly from the runner-up.")
-    mde = {m: minimum_detectable(summary, m, level) for m in metrics}
-    mde = {m: v * METRICS[m].scale for m, v in mde.items() if pd.notna(v)}
+    mde = {m: uncertainty.detectable(summary, m, METRICS[m].scale) for m in metrics
+           if f"se_{m}" in summary}
     if mde:
-        text.append("Minimum detectable $\\Delta$ at this $n$ (80\\% power, two-sided 5\\%): "
-                    + ", ".join(f"{tex(METRICS[m].header)} {v:.3g}" for m, v in mde.items())
+        text.append("Minimum detectable $\\Delta$ at this $n$ (80\\% power, two-sided 5\\%, "
+                    "2.8 $\\times$ the median bootstrap SE of $\\Delta$): "
+                    + ", ".join(f"{tex(METRICS[m].header)} {v}" for m, v in mde.items())
                     + ".")
     return " ".join(text)
 

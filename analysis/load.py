@@ -136,9 +136,23 @@ def unidentified_dirs(sweep_dirs: list[Path]) -> list[Path]:
                   for p in sweep.rglob(RECORDS) if not (p.parent / JOB).exists())
 
 
+def skipped_dirs(sweep_dirs: list[Path], jobs: list[Job]) -> list[Path]:
+    """Job dirs (with a job.yaml) that gave no record: empty (a job stopped before its first
+    record) or only corrupt lines; ``find_jobs`` skipped them."""
+    read = {d for job in jobs for d in job.dirs}
+    return sorted(p.parent for sweep in sweep_dirs if sweep.is_dir()
+                  for p in sweep.rglob(JOB) if p.parent not in read)
+
+
 def load_notes(sweep_dirs: list[Path], jobs: list[Job]) -> list[str]:
     """What the loading left out or changed, for under the table."""
     notes = []
+    skipped = skipped_dirs(sweep_dirs, jobs)
+    if skipped:
+        notes.append(f"{len(skipped)} job dir(s) with no generations (an empty or missing "
+                     f"{RECORDS}, or only corrupt lines) skipped: {', '.join(map(str, skipped))}"
+                     ". Their configurations are not in the table unless another dir holds "
+                     "them; re-run their commands to add them.")
     unknown = unidentified_dirs(sweep_dirs)
     if unknown:
         notes.append(f"Warning: {len(unknown)} dir(s) with generations but no job.yaml left out "

@@ -8,7 +8,9 @@ after the table's Holm adjustment, planned conservatively at α/m for the table'
 never its observed Δ:
 
 - SE-based metrics: SE(Δ) at n is SE_pilot · √(n_pilot / n), SE_pilot the paired bootstrap SE
-  on the (prompt, seed) pairs both rows have. The scaling is checked by sub-sampling the pilot
+  on the (prompt, seed) pairs both rows have; the sign-flip test's null at a true Δ = δ is
+  wider than SE(Δ) (it flips differences whose mean is δ), which ``prompts_needed`` includes.
+  The scaling is checked by sub-sampling the pilot
   (n/4, n/2, n): the fitted exponent is reported and a warning given when it is far from −½.
 - MAUVE: the swap test's null sd is measured at several sub-sample sizes (each with its own
   k-means codebook, as mauve-text's recipe grows the clusters with n) and fitted by a power
@@ -37,8 +39,8 @@ import yaml
 from analysis.features import disk_cached, featurize
 from analysis.load import Job
 from analysis.mauve import MauveConfig, mauve_swap_null
-from analysis.stats import resample_counts, sign_flips
-from analysis.uncertainty import PARTS, BaselineConfig, matching, with_parts
+from analysis.stats import resample_counts, resampled, sign_flips
+from analysis.uncertainty import PARTS, BaselineConfig, baseline_row, with_parts
 from harness.records import SHARD_NAME, SHARDS, TIMING
 from harness.sweep import SWEEPS
 
@@ -53,6 +55,12 @@ PLANNABLE = ["mauve", "diversity", "rep_2", "rep_3", "rep_4", "coherence", "cohe
              "perplexity", "mean_tokens", "eos_rate"]
 MIN_MAUVE_TEXTS = 20  # per side: fewer make a 2-cluster histogram, not a MAUVE
 EXPONENT_TOLERANCE = 0.15  # |fitted exponent + 1/2| beyond this: the 1/√n projection is suspect
+# A swap-test null sd below this (MAUVE units) is no spread but rounding: all of a sub-sample's
+# texts in one cluster. A fitted exponent below STEEPEST is no sampling spread either (one
+# falls as n^-1/2, a spread between n^-1/2 and n^-1 at most): both leave the MAUVE plan out.
+NULL_SD_FLOOR = 1e-12
+STEEPEST = -1.5
+DEGENERATE = "no plan: degenerate null"
 
 
 @dataclass
@@ -88,15 +96,29 @@ def deltas(cfg: PlanConfig) -> dict[str, list[float]]:
     return result
 
 
-def z_total(tests: int, power: float) -> float:
-    """z_{1-α/(2m)} + z_{power}: a two-sided level-α/m test has this power when Δ/SE(Δ) = z."""
+def z_scores(tests: int, power: float) -> tuple[float, float]:
+    """z_{1-α/(2m)} and z_{power}: the two-sided level-α/m test's critical value and the
+    power's quantile."""
     normal = NormalDist()
-    return normal.inv_cdf(1 - ALPHA / (2 * max(tests, 1))) + normal.inv_cdf(power)
+    return normal.inv_cdf(1 - ALPHA / (2 * max(tests, 1))), normal.inv_cdf(power)
 
 
-def prompts_needed(se_pilot: float, n_pilot: int, delta: float, z: float) -> int:
-    """The smallest n with z · SE_pilot · √(n_pilot / n) <= δ."""
-    return max(2, math.ceil(n_pilot * (z * se_pilot / delta) ** 2 - 1e-9))
+def z_total(tests: int, power: float) -> float:
+    """z_{1-α/(2m)} + z_{power}: a two-sided level-α/m test whose null has the spread of Δ has
+    this power when Δ/SE(Δ) = z (MAUVE's plan, whose measured null spread is used as SE)."""
+    return sum(z_scores(tests, power))
+
+
+def prompts_needed(se_pilot: float, n_pilot: int, delta: float, z_level: float,
+                   z_power: float) -> int:
+    """The smallest n at which the paired sign-flip test (critical value ``z_level``) finds a
+    true Δ = δ with the power of ``z_power``. Per prompt, the differences have sd σ =
+    SE_pilot · √n_pilot; the test's null, flipping the signs of differences whose mean is δ,
+    spreads as √((σ² + δ²) / n), wider than SE(Δ) = σ/√n: n = ((z_level · √(σ² + δ²) +
+    z_power · σ) / δ)²."""
+    sigma = se_pilot * math.sqrt(n_pilot)
+    root = (z_level * math.hypot(sigma, delta) + z_power * sigma) / delta
+    return max(2, math.ceil(root**2 - 1e-9))
 
 
 # --- SE-based metrics -----------------------------------------------------------------------
@@ -116,7 +138,7 @@ def bootstrap_se(a: np.ndarray, b: np.ndarray, stat, samples: int, seed: int) ->
     variance of a mean is (n-1)/n of the unbiased one, which matters at sub-sample sizes."""
     n = len(a)
     counts = resample_counts(n, samples, seed)
-    replicates = stat(counts @ a) - stat(counts @ b)
+    replicates = stat(resampled(counts, a)) - stat(resampled(counts, b))
     finite = replicates[np.isfinite(replicates)]
     return float(finite.std() * math.sqrt(n / (n - 1))) if finite.size > 1 else math.nan
 
@@ -220,10 +242,19 @@ def mauve_null_fit(job: Job, base: Job, cfg: MauveConfig, plan: PlanConfig, seed
     return sizes, disk_cached("mauve_null_sd", key, compute).tolist()
 
 
+def degenerate_null(sds: list[float]) -> bool:
+    """Whether a null sd is no spread (zero, rounding or NaN): nothing to fit a power law to."""
+    return not all(np.isfinite(sd) and sd > NULL_SD_FLOOR for sd in sds)
+
+
 def power_law_n(sizes: list[int], sds: list[float], delta: float, z: float) -> tuple[int, float]:
-    """n with z · sd(n) = δ from log sd = a + b log n fitted on (sizes, sds); and b."""
+    """n with z · sd(n) = δ from log sd = a + b log n fitted on (sizes, sds); and b. n is -1
+    where the fit gives none: an sd that does not shrink with n, a degenerate null sd
+    (``degenerate_null``: b is NaN) or a fall steeper than ``STEEPEST``."""
+    if degenerate_null(sds):
+        return -1, math.nan
     b, a = np.polyfit(np.log(sizes), np.log(sds), 1)
-    if b >= 0:
+    if b >= 0 or b < STEEPEST:
         return -1, float(b)
     return max(2, math.ceil(math.exp((math.log(delta / z) - a) / b) - 1e-9)), float(b)
 
@@ -347,8 +378,8 @@ def identical(job: Job, base: Job) -> bool:
 
 
 def table_tests(summary: pd.DataFrame) -> int:
-    """m: how many p-values the table's Holm adjustment runs over."""
-    columns = [c for c in summary if c.startswith("p_") and not c.endswith("_holm")]
+    """m: how many p-values the table's Holm adjustment runs over (its outcome metrics')."""
+    columns = [c for c in summary if c.startswith("p_") and c.endswith("_holm")]
     return int(summary[columns].notna().to_numpy().sum()) if columns else 0
 
 
@@ -360,7 +391,7 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
     if per_text.empty or "method" not in summary:
         return pd.DataFrame(), ["No plan: no job could be analysed."]
     tests = table_tests(summary)
-    z = z_total(tests, cfg.power)
+    z = z_scores(tests, cfg.power)
     rate, device = throughput(jobs)
     by_name = {job.name: job for job in jobs}
     frame = with_parts(per_text[per_text["method"] != "human"])
@@ -376,10 +407,9 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
     rows, warnings, mauve_fits = [], [], {}
     for group in dict.fromkeys(group_of.values()):
         members = runs.loc[[i for i, g in group_of.items() if g == group]]
-        found = matching(members, baseline)
-        if found.empty:
+        base = baseline_row(members, baseline, keys)
+        if base is None:
             continue
-        base = found.index[0]
         base_key = key(summary.loc[base])
         for i, row in members.iterrows():
             if i == base:
@@ -425,8 +455,10 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
         f"looser). From the pilot's variances only, never its observed Δ: fix n from the "
         f"plan, run once, analyse once.",
         "SE metrics: SE(Δ) at n = SE_pilot · √(n_pilot / n), on the (prompt, seed) pairs the "
-        "row and the baseline both have; `exponent` is the slope of log SE on log n over "
-        "pilot sub-samples (n/4, n/2, n), −½ where the projection holds.",
+        "row and the baseline both have, and the sign-flip test's null at a true Δ = δ spread "
+        "by δ too: n = ((z_{α/2m} · √(σ² + δ²) + z_power · σ) / δ)², σ = SE_pilot · √n_pilot; "
+        "`exponent` is the slope of log SE on log n over pilot sub-samples (n/4, n/2, n), −½ "
+        "where the projection holds.",
         "MAUVE: the swap test's null sd at halving sub-sample sizes (each with its own k-means "
         f"codebook) fitted by a power law (its `se_pilot` is that sd at the pilot's n, its "
         f"`exponent` the fitted one); `extrapolation` = n / n_pilot; fewer than 3 sizes "
@@ -439,9 +471,9 @@ def make_plan(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Job],
 
 def plan_metric(metric: str, values: list[float], row: pd.Series, texts: pd.DataFrame,
                 base_texts: pd.DataFrame, job: Job, base_job: Job, same: bool,
-                mauve_cfg: MauveConfig, cfg: PlanConfig, z: float, seed: int,
+                mauve_cfg: MauveConfig, cfg: PlanConfig, z: tuple[float, float], seed: int,
                 mauve_fits: dict) -> list[dict]:
-    """The plan's entries of one (row, metric), one per δ."""
+    """The plan's entries of one (row, metric), one per δ (``z``: ``z_scores``)."""
     scale = SCALE.get(metric, 1)
     p_holm = row.get(f"p_{metric}_holm", math.nan)
     n_pilot = len(set(texts["prompt_id"]) & set(base_texts["prompt_id"]))
@@ -465,13 +497,23 @@ def plan_metric(metric: str, values: list[float], row: pd.Series, texts: pd.Data
                      "status": why} for d in values]
         out = []
         for d in values:
-            n, exponent = power_law_n(sizes, sds, d / scale, z)
+            n, exponent = power_law_n(sizes, sds, d / scale, sum(z))
             ok = n > 0
+            if ok:
+                why = status(n, n_pilot)
+            elif degenerate_null(sds):
+                why = (f"{DEGENERATE}: the swap test's null sd is "
+                       f"{', '.join(f'{sd:.2g}' for sd in sds)} at n = "
+                       f"{', '.join(map(str, sizes))} (a sub-sample's texts all in one "
+                       "cluster): run a larger pilot")
+            elif exponent < STEEPEST:
+                why = (f"{DEGENERATE}: its sd falls as n^{exponent:.3g} over n = "
+                       f"{', '.join(map(str, sizes))}, faster than any sampling spread")
+            else:
+                why = "null sd does not shrink with n: no plan"
             out.append({**common, "se_pilot": sds[-1] * scale, "exponent": exponent, "delta": d,
                         "n_needed": n if ok else math.nan,
-                        "extrapolation": n / n_pilot if ok else math.nan,
-                        "status": status(n, n_pilot) if ok
-                        else "null sd does not shrink with n: no plan"})
+                        "extrapolation": n / n_pilot if ok else math.nan, "status": why})
         return out
     columns, stat = PARTS[metric]
     if not set(columns) <= set(texts) or texts[columns].isna().any().any():
@@ -485,7 +527,7 @@ def plan_metric(metric: str, values: list[float], row: pd.Series, texts: pd.Data
                  "status": "no variance of Δ in the pilot: no plan"} for d in values]
     out = []
     for d in values:
-        n = prompts_needed(se, n_pilot, d / scale, z)
+        n = prompts_needed(se, n_pilot, d / scale, *z)
         out.append({**common, "se_pilot": se * scale, "exponent": exponent, "delta": d,
                     "n_needed": n, "extrapolation": n / n_pilot, "status": status(n, n_pilot)})
     return out

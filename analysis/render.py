@@ -8,6 +8,7 @@ import pandas as pd
 
 from analysis.latex import LatexConfig, significance_floor, write_latex
 from analysis.stats import BootstrapConfig
+from analysis.uncertainty import delta_label
 
 SHOWN = [  # (column, scale, header) of the rendered table; every number is in summary.csv
     ("mauve", 100, "MAUVE"), ("diversity", 100, "diversity"), ("rep_2", 1, "rep-2"),
@@ -59,7 +60,7 @@ def rendered(summary: pd.DataFrame) -> pd.DataFrame:
         if column in summary:
             frame[header] = [formatted(row, column, scale) for _, row in summary.iterrows()]
         if column in DELTAS and f"delta_{column}" in summary:
-            frame[f"Δ {header}"] = [formatted(row, f"delta_{column}", scale)
+            frame[delta_label(column, header)] = [formatted(row, f"delta_{column}", scale)
                                     for _, row in summary.iterrows()]
     return frame
 

@@ -19,7 +19,7 @@ from analysis.coherence import (
     likelihood_metrics,
     token_log_likelihoods,
 )
-from analysis.diversity import diversity_metrics, ngram_counts
+from analysis.diversity import NGRAM_COLUMNS, ngram_statistics
 from analysis.features import disk_cached, featurize
 from analysis.load import Job, reference_groups, reference_keys
 from analysis.mauve import MauveConfig, mauve_scores
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 READABLE = {"model.name": "model", "dataset.name": "dataset",
             "generation.max_new_tokens": "max_new_tokens"}  # settings shown under a short name
-NGRAM_COLUMNS = ["u2", "t2", "u3", "t3", "u4", "t4"]
 DIAGNOSTICS = ["topk_identical_rate", "kept_mean", "mass_mean", "rank_mean"]
 METRICS = ["mauve", "diversity", "rep_2", "rep_3", "rep_4", "distinct_1", "distinct_2",
            "distinct_3", "distinct_4", "coherence", "coherence_ll", "perplexity", "mean_tokens",
@@ -59,9 +58,9 @@ def text_metrics(prompts: list[str], texts: list[str], references: list[str],
     is logged under ``label`` and left blank; the others are still computed. ``per_text``, if
     given, receives each text's sufficient statistics (columns of ``per_text.csv``)."""
     per_text = {} if per_text is None else per_text
-    counts = ngram_counts(texts, cfg.diversity.skip_last_ngram)
+    counts, diversity = ngram_statistics(texts, cfg.diversity.skip_last_ngram)
     per_text.update({name: counts[:, i] for i, name in enumerate(NGRAM_COLUMNS)})
-    row: dict = {"n": len(texts), **diversity_metrics(texts, cfg.diversity.skip_last_ngram)}
+    row: dict = {"n": len(texts), **diversity}
     if not any(t.strip() for t in texts):
         log.warning("%s: all %d texts are empty; MAUVE and coherence left blank", label,
                     len(texts))
@@ -105,21 +104,22 @@ def configuration(job: Job) -> dict:
             "config": job.config_id, "references": job.references_id, "job": job.name}
 
 
-def per_text_rows(base: dict, records: list[dict], seed: int | None, stats: dict) -> list[dict]:
+def per_text_rows(base: dict, records: list[dict], seed: int | None,
+                  stats: dict) -> pd.DataFrame:
     """Rows of ``per_text.csv``: one per text with its configuration, prompt, seed and
-    sufficient statistics."""
-    rows = []
-    for i, record in enumerate(records):
-        row = {**base, "prompt_id": record["prompt_id"], "seed": seed,
-               **{name: float(values[i]) for name, values in stats.items()}}
-        if seed is not None:  # a generation (not a human reference)
-            row.update(num_tokens=record["num_tokens"], eos=record["finish_reason"] == "eos",
-                       **{key: record[key] for key in DIAGNOSTICS if key in record})
-        rows.append(row)
-    return rows
+    sufficient statistics (built column by column: a study has 10^5 texts)."""
+    columns = {**base, "prompt_id": [r["prompt_id"] for r in records],
+               "seed": math.nan if seed is None else seed,
+               **{name: np.asarray(values, float) for name, values in stats.items()}}
+    if seed is not None:  # a generation (not a human reference)
+        columns.update(num_tokens=[r["num_tokens"] for r in records],
+                       eos=[r["finish_reason"] == "eos" for r in records],
+                       **{key: [r.get(key, math.nan) for r in records] for key in DIAGNOSTICS
+                          if any(key in r for r in records)})
+    return pd.DataFrame(columns, index=range(len(records)))
 
 
-def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
+def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[pd.DataFrame]]:
     """One row per generation seed of ``job`` (``per_seed.csv``), and one per text
     (``per_text.csv``)."""
     base = configuration(job)
@@ -133,7 +133,7 @@ def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
                                 [r["continuation"] for r in records],
                                 [r["reference"] for r in records], cfg, generator,
                                 f"job {job.name}, seed {seed}", stats))
-        texts += per_text_rows(base, records, seed, stats)
+        texts.append(per_text_rows(base, records, seed, stats))
         row["mean_tokens"] = float(np.mean([r["num_tokens"] for r in records]))
         row["eos_rate"] = float(np.mean([r["finish_reason"] == "eos" for r in records]))
         for key in DIAGNOSTICS:
@@ -143,7 +143,7 @@ def job_rows(job: Job, cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
     return rows, texts
 
 
-def human_rows(jobs: list[Job], cfg: MetricsConfig) -> tuple[list[dict], list[dict]]:
+def human_rows(jobs: list[Job], cfg: MetricsConfig) -> tuple[list[dict], list[pd.DataFrame]]:
     """The references themselves, one row per reference group, over the prompts the group's
     jobs are compared on; and one row per reference text."""
     rows, texts = [], []
@@ -157,7 +157,7 @@ def human_rows(jobs: list[Job], cfg: MetricsConfig) -> tuple[list[dict], list[di
         row.update(text_metrics([r["prompt"] for r in records], references, references, cfg,
                                 group[0].config["model"]["source"], "human references", stats))
         row["mean_tokens"] = float(row["max_new_tokens"])  # references have exactly this many
-        texts += per_text_rows(base, records, None, stats)
+        texts.append(per_text_rows(base, records, None, stats))
         rows.append(row)
     return rows, texts
 
@@ -194,6 +194,11 @@ def settings(jobs: list[Job]) -> pd.DataFrame:
 def parameters(jobs: list[Job]) -> list[str]:
     """Every parameter any job's selector config holds, in the order the configs list them."""
     return list(dict.fromkeys(k for job in jobs for k in job.config["selector"] if k != "method"))
+
+
+def per_text_frame(texts: list[pd.DataFrame]) -> pd.DataFrame:
+    """``per_text.csv`` from ``job_rows``' and ``human_rows``' pieces."""
+    return pd.concat(texts, ignore_index=True) if texts else pd.DataFrame()
 
 
 def pooled(per_text: pd.DataFrame) -> pd.DataFrame:

@@ -3,8 +3,8 @@
 For each metric computed from per-text sufficient statistics (``per_text.csv``) the summary
 gets ``<metric>_lo``/``_hi`` (a percentile bootstrap over prompts, at ``bootstrap.level``) and,
 for every configuration but the baseline, ``delta_<metric>`` with its paired-bootstrap interval
-and a paired sign-flip p-value ``p_<metric>``, Holm-adjusted over the whole table in
-``p_<metric>_holm``.
+and a paired sign-flip p-value ``p_<metric>``, Holm-adjusted over the table's outcome metrics
+(``OUTCOMES``) in ``p_<metric>_holm``; the descriptive metrics' p-values stay unadjusted.
 
 A row's cell and interval use all its texts (every seed). A Δ, its interval and its p compare
 two rows on the (prompt, seed) pairs **both** have (``compare_rows``): a 1-seed row against a
@@ -16,6 +16,11 @@ MAUVE keeps its mean ± std over k-means and generation seeds (bootstrap replica
 are biased, and their percentile intervals under-cover), and its Δ is tested by swapping the two
 configurations' k-means labels on one shared codebook. Corpus ``distinct_n`` gets no interval:
 duplicated texts in a bootstrap resample bias it down.
+
+At a study's size (10^5 texts, B = 10^4) the cost is in the products of the resample matrices
+with per-prompt sums: ``Products`` draws each matrix once per prompt count and multiplies it
+with every row's sums side by side (each distinct sums matrix once: the baseline's, shared by
+its comparisons, included), so a table is one product per prompt count and kind.
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ from analysis.mauve import MauveConfig, mauve_swap_test
 from analysis.stats import (
     BootstrapConfig,
     Comparison,
-    bootstrap,
     compare,
+    compared,
+    count_blocks,
+    flip_blocks,
     holm,
+    interval,
     minimum_detectable_effect,
     ratio,
     resample_counts,
+    resampled,
     sign_flips,
 )
 
@@ -75,6 +84,19 @@ PARTS = {
                                           "rank_mean")},
 }
 MAIN = ["mauve", "diversity", "rep_2", "coherence", "coherence_ll", "perplexity"]
+# The Holm family: what the study compares configurations on. The rest (length, EOS rate, the
+# selectors' own diagnostics) describe how a configuration behaves; their p-values are printed
+# unadjusted and never starred, so they do not make every outcome's test more conservative.
+OUTCOMES = ["mauve", "diversity", "rep_2", "rep_3", "rep_4", "coherence", "coherence_ll",
+            "perplexity"]
+DESCRIPTIVE = [m for m in PARTS if m not in OUTCOMES]
+# Δ MAUVE is no difference of two MAUVE cells: every table shows it under this name.
+DELTA_MAUVE = "Δ MAUVE (paired, shared codebook)"
+
+
+def delta_label(metric: str, header: str) -> str:
+    """The header of ``metric``'s Δ column (``header``: the metric's own)."""
+    return DELTA_MAUVE if metric == "mauve" else f"Δ {header}"
 
 
 @dataclass
@@ -91,6 +113,10 @@ DEFAULT_PARAMS = {"top_k": {"top_k": 10}}  # the baseline's parameters when none
 
 class BaselineNotFound(ValueError):
     """The baseline the command names is no row of the table."""
+
+
+class AmbiguousBaseline(ValueError):
+    """The baseline the command names is more than one row of one reference group."""
 
 
 def with_parts(per_text: pd.DataFrame) -> pd.DataFrame:
@@ -148,15 +174,20 @@ class Texts:
         np.add.at(sums, inverse, parts)
         return prompts, sums
 
-    def keys(self) -> np.ndarray:
-        return (self.prompt << 20) | (self.seed + 1)  # one int per (prompt, seed)
+
+def pair_ids(a: Texts, b: Texts) -> tuple[np.ndarray, np.ndarray]:
+    """One int per (prompt, seed) of ``a`` and of ``b``, equal where the pair is: the pairs'
+    ranks among both rows' pairs (exact for any seed and prompt id)."""
+    pairs = np.concatenate([np.stack([a.prompt, a.seed], 1), np.stack([b.prompt, b.seed], 1)])
+    _, ids = np.unique(pairs, axis=0, return_inverse=True)
+    ids = ids.ravel()
+    return ids[: len(a)], ids[len(a) :]
 
 
 def common_sums(a: Texts, b: Texts) -> tuple[np.ndarray, np.ndarray, int]:
     """Per prompt, the sums of ``a``'s and of ``b``'s parts over the (prompt, seed) pairs both
     have (rows: the prompts with at least one such pair, sorted), and the number of pairs."""
-    _, in_a, in_b = np.intersect1d(a.keys(), b.keys(), assume_unique=True,
-                                   return_indices=True)
+    _, in_a, in_b = np.intersect1d(*pair_ids(a, b), assume_unique=True, return_indices=True)
     keep_a, keep_b = np.zeros(len(a), bool), np.zeros(len(b), bool)
     keep_a[in_a], keep_b[in_b] = True, True
     return a.by_prompt(keep_a)[1], b.by_prompt(keep_b)[1], len(in_a)
@@ -166,19 +197,36 @@ def common_sums(a: Texts, b: Texts) -> tuple[np.ndarray, np.ndarray, int]:
 class Resamples:
     """The bootstrap counts ``[samples, prompts]`` and sign flips ``[samples_test, prompts]``
     every comparison over ``prompts`` prompts shares (so comparisons are paired with each
-    other too)."""
+    other too). Each matrix is made whole only for a caller that asks for it (``counts``,
+    ``flips``: MAUVE's swap test); ``times`` draws it block by block into a product."""
 
-    counts: np.ndarray
-    flips: np.ndarray
+    prompts: int
+    cfg: BootstrapConfig
+    samples_test: int
 
     @classmethod
     def of(cls, prompts: int, cfg: BootstrapConfig, samples_test: int) -> Resamples:
-        return cls(resample_counts(prompts, cfg.samples, cfg.seed),
-                   sign_flips(prompts, samples_test, cfg.seed))
+        return cls(prompts, cfg, samples_test)
+
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        return resample_counts(self.prompts, self.cfg.samples, self.cfg.seed)
+
+    @functools.cached_property
+    def flips(self) -> np.ndarray:
+        return sign_flips(self.prompts, self.samples_test, self.cfg.seed)
+
+    def times(self, kind: str, parts: np.ndarray) -> np.ndarray:
+        """``counts @ parts`` or ``flips @ parts`` (``kind``), float64 ``[samples, k]``."""
+        if kind in vars(self):  # already whole
+            return resampled(vars(self)[kind], parts)
+        if kind == "counts":
+            return resampled(count_blocks(self.prompts, self.cfg.samples, self.cfg.seed), parts)
+        return resampled(flip_blocks(self.prompts, self.samples_test, self.cfg.seed), parts)
 
 
 def parts_of(sums: np.ndarray, metric: str) -> np.ndarray:
-    return sums[:, [COLUMN[c] for c in PARTS[metric][0]]]
+    return sums[..., [COLUMN[c] for c in PARTS[metric][0]]]
 
 
 def compare_sums(a: np.ndarray, b: np.ndarray, metric: str, resamples: Resamples,
@@ -242,14 +290,16 @@ def baseline_command(row: pd.Series, parameters: list[str]) -> str:
 
 def check_baseline(runs: pd.DataFrame, cfg: BaselineConfig,
                    parameters: list[str]) -> str | None:
-    """Given the configurations of the table (one row each: method and parameters), raise
-    ``BaselineNotFound`` (listing the rows that could be) where the baseline the command names
-    is none of them; the note to print where the default one is absent; None where it is
+    """Given the configurations of the table (one row each: method, parameters and reference
+    group), raise ``BaselineNotFound`` (listing the rows that could be) where the baseline the
+    command names is none of them, and ``AmbiguousBaseline`` where it is more than one row of
+    one reference group; the note to print where the default one is absent; None where it is
     there."""
+    for _, group in runs.groupby("references", sort=False) if "references" in runs else []:
+        baseline_row(group, cfg, parameters)
     if not matching(runs, cfg).empty:
         return None
-    named = " ".join([f"baseline.method={cfg.method}",
-                      *[f"baseline.params.{k}={v}" for k, v in baseline_params(cfg).items()]])
+    named = baseline_name(cfg)
     options = "; ".join(dict.fromkeys(baseline_command(row, parameters)
                                       for _, row in runs.iterrows()))
     if cfg != BaselineConfig():
@@ -259,40 +309,126 @@ def check_baseline(runs: pd.DataFrame, cfg: BaselineConfig,
             f"the rows with {options}.")
 
 
+def baseline_name(cfg: BaselineConfig) -> str:
+    return " ".join([f"baseline.method={cfg.method}",
+                     *[f"baseline.params.{k}={v}" for k, v in baseline_params(cfg).items()]])
+
+
+def baseline_row(rows: pd.DataFrame, cfg: BaselineConfig, parameters: list[str]) -> int | None:
+    """The index of the one row of ``rows`` (one reference group's configurations) that ``cfg``
+    names; None where none is; ``AmbiguousBaseline``, listing the matches and how to name
+    each, where several are."""
+    found = matching(rows, cfg)
+    if len(found) <= 1:
+        return None if found.empty else int(found.index[0])
+    commands = [baseline_command(row, parameters) for _, row in found.iterrows()]
+    if len(set(commands)) < len(commands):  # they differ in no selector parameter
+        commands = [f"{c} baseline.params.config={row['config']}"
+                    for c, (_, row) in zip(commands, found.iterrows(), strict=True)]
+    raise AmbiguousBaseline(
+        f"{baseline_name(cfg)} names {len(found)} rows of one reference group: "
+        f"{'; '.join(commands)}. Name one of them fully (one of these overrides).")
+
+
 # ---- the table -----------------------------------------------------------------------------
 
 def planned_tests(summary: pd.DataFrame, metrics: list[str]) -> int:
-    """How many p-values a table of ``summary`` has at most (for B >= 20 x tests)."""
-    compared = sum(len(g) - 2 for _, g in summary.groupby("references")) or 1
-    return compared * (len(metrics) + ("mauve" in summary))
+    """How many p-values the Holm family of a table of ``summary`` has at most (for B >= 20 x
+    tests)."""
+    compared_rows = sum(len(g) - 2 for _, g in summary.groupby("references")) or 1
+    family = [m for m in OUTCOMES if m in metrics or (m == "mauve" and "mauve" in summary)]
+    return compared_rows * len(family)
 
 
-def cell_intervals(summary: pd.DataFrame, texts: dict[str, Texts], level: float,
-                   resamples: Callable[[int], Resamples]) -> pd.DataFrame:
-    """``<metric>_lo``/``_hi`` of every row over all its texts (a prompt's seeds resampled
-    together); one set of prompt resamples per reference group (whose rows share prompts)."""
-    out: dict[int, dict[str, float]] = {}
-    for _, rows in summary.groupby("references", sort=False):
-        mine = {i: texts[summary.loc[i, "config"]] for i in rows.index
-                if summary.loc[i, "config"] in texts}
-        for i, row_texts in mine.items():
-            _, sums = row_texts.by_prompt()
-            counts = resamples(len(sums)).counts
-            out[i] = {}
-            for m in row_texts.metrics:
-                _, out[i][f"{m}_lo"], out[i][f"{m}_hi"] = bootstrap(
-                    parts_of(sums, m), PARTS[m][1], counts, level)
-    return pd.DataFrame.from_dict(out, orient="index")
+@dataclass
+class Interval:
+    """A cell's interval to compute: row ``row``'s per-prompt sums over all its texts."""
+
+    row: int
+    metrics: list[str]
+    sums: np.ndarray
+
+
+@dataclass
+class Test:
+    """A Δ to compute: row ``row`` against the baseline on the (prompt, seed) pairs both have
+    (``sums``, ``base``: per-prompt sums over those pairs); ``subset``: either row has texts
+    outside them."""
+
+    row: int
+    metrics: list[str]
+    sums: np.ndarray
+    base: np.ndarray
+    subset: bool
+
+
+class Products:
+    """The bootstrap sums (``counts @ sums``) and sign-flip moves (``flips @ (base - sums)``) of
+    every interval and test of a table: per prompt count, one product of its resample matrix
+    with every distinct sums matrix the table needs side by side (the baseline's, which every
+    comparison of its group shares, once), and one of its sign flips with every difference."""
+
+    def __init__(self, wanted: list[Interval | Test], resamples: Callable[[int], Resamples]):
+        stacks: dict[tuple[str, int], dict[bytes, np.ndarray]] = {}
+        for item in wanted:
+            for kind, sums in [("counts", item.sums), *([("counts", item.base),
+                               ("flips", item.base - item.sums)] if isinstance(item, Test)
+                               else [])]:
+                stacks.setdefault((kind, len(sums)), {})[self.key(sums)] = sums
+        self.done: dict[tuple[str, bytes], np.ndarray] = {}
+        for (kind, prompts), matrices in stacks.items():
+            stacked = np.nan_to_num(np.hstack(list(matrices.values())))  # NaN: a part unused
+            product = resamples(prompts).times(kind, stacked)
+            for k, key in enumerate(matrices):
+                width = stacked.shape[1] // len(matrices)
+                self.done[kind, key] = product[:, k * width : (k + 1) * width]
+
+    @staticmethod
+    def key(sums: np.ndarray) -> bytes:
+        return hashlib.sha1(np.ascontiguousarray(sums).tobytes()).digest() + bytes(
+            str(sums.shape), "ascii")
+
+    def __call__(self, kind: str, sums: np.ndarray) -> np.ndarray:
+        """``[samples, parts]``: the resample matrix ``kind`` times ``sums``."""
+        return self.done[kind, self.key(sums)]
+
+
+def interval_columns(item: Interval, products: Products, level: float) -> dict[str, float]:
+    """``<m>_lo``/``_hi`` of a cell."""
+    replicated = products("counts", item.sums)
+    out = {}
+    for m in item.metrics:
+        out[f"{m}_lo"], out[f"{m}_hi"] = interval(PARTS[m][1](parts_of(replicated, m)), level)
+    return out
+
+
+def test_columns(item: Test, products: Products, level: float) -> dict[str, float]:
+    """``delta_<m>``, its interval, ``p_<m>`` and ``se_<m>`` of a comparison, and
+    ``delta_subset``."""
+    out = {"delta_subset": float(item.subset)}
+    totals, base_totals = item.sums.sum(0), item.base.sum(0)
+    replicated, base_replicated = products("counts", item.sums), products("counts", item.base)
+    swapped = products("flips", item.base - item.sums)
+    for m in item.metrics:
+        r = compared(PARTS[m][1], *(parts_of(x, m) for x in (
+            totals, base_totals, replicated, base_replicated, swapped)), level)
+        out.update({f"delta_{m}": r.delta, f"delta_{m}_lo": r.low, f"delta_{m}_hi": r.high,
+                    f"p_{m}": r.p, f"se_{m}": r.se})
+    return out
+
+
+def cell_intervals(summary: pd.DataFrame, texts: dict[str, Texts]) -> list[Interval]:
+    """The intervals of every row over all its texts (a prompt's seeds resampled together)."""
+    return [Interval(i, row_texts.metrics, row_texts.by_prompt()[1])
+            for i, config in summary["config"].items()
+            if (row_texts := texts.get(config)) is not None]
 
 
 def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
-                   rows: pd.Index, level: float,
-                   resamples: Callable[[int], Resamples]) -> pd.DataFrame:
-    """Every row of ``rows`` against row ``base`` on their common (prompt, seed) pairs:
-    ``delta_<m>``, ``delta_<m>_lo``/``_hi``, ``p_<m>`` and ``se_<m>``, and ``delta_subset``
-    (1 where one of the two rows has texts outside those pairs: Δ is then not the difference
-    of the two cells)."""
-    out: dict[int, dict[str, float]] = {}
+                   rows: pd.Index) -> list[Test]:
+    """Every row of ``rows`` against row ``base`` on their common (prompt, seed) pairs (those
+    with any)."""
+    out = []
     base_texts = texts[summary.loc[base, "config"]]
     base_metrics = set(base_texts.metrics)
     for i in rows:
@@ -300,20 +436,16 @@ def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
         if i == base or mine is None:
             continue
         sums_a, sums_b, pairs = common_sums(mine, base_texts)
-        if not pairs:
-            continue
-        out[i] = {"delta_subset": float(pairs < max(len(mine), len(base_texts)))}
-        for m in [m for m in mine.metrics if m in base_metrics]:
-            result = compare_sums(sums_a, sums_b, m, resamples(len(sums_a)), level)
-            out[i].update({f"delta_{m}": result.delta, f"delta_{m}_lo": result.low,
-                           f"delta_{m}_hi": result.high, f"p_{m}": result.p,
-                           f"se_{m}": result.se})
-    return pd.DataFrame.from_dict(out, orient="index")
+        if pairs:
+            out.append(Test(i, [m for m in mine.metrics if m in base_metrics], sums_a, sums_b,
+                            pairs < max(len(mine), len(base_texts))))
+    return out
 
 
 def holm_over_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """``p_<m>_holm``: every ``p_<m>`` of the table adjusted together (Holm, family-wise)."""
-    columns = [c for c in summary if c.startswith("p_") and not c.endswith("_holm")]
+    """``p_<m>_holm``: every ``p_<m>`` of the table's outcome metrics (``OUTCOMES``) adjusted
+    together (Holm, family-wise); the descriptive metrics' p-values stay unadjusted."""
+    columns = [f"p_{m}" for m in OUTCOMES if f"p_{m}" in summary]
     if not columns:
         return summary
     values = summary[columns].to_numpy(float)
@@ -385,30 +517,36 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
         per_text.iloc[:1]))]
     samples_test = max(cfg.samples, 20 * planned_tests(summary, metrics))
     # one set of resamples per number of prompts, shared by every interval and test (and
-    # generated once: at 2,500 prompts and B = 10,000 each array is 200 MB)
+    # drawn once: at 2,500 prompts and B = 10,000 each matrix is 100 MB)
     resamples = functools.cache(lambda prompts: Resamples.of(prompts, cfg, samples_test))
-    parts = [cell_intervals(summary, texts, cfg.level, resamples)]
+    wanted: list[Interval | Test] = cell_intervals(summary, texts)
     by_config = {job.config_id: job for job in jobs}
     baselines: list[str] = []
     without: list[str] = []  # rows of reference groups that lack the baseline
+    mauve_parts = []
     for _, rows in summary.groupby("references", sort=False):
         runs = rows[rows["method"] != "human"]
-        found = matching(runs, baseline)
-        if found.empty:
+        base = baseline_row(runs, baseline, parameters)
+        if base is None:
             without += [describe(row, [*parameters, *settings_of(summary)])
                         for _, row in runs.iterrows()]
             continue
-        base = int(found.index[0])
         if summary.loc[base, "config"] not in texts:
             continue
         baselines.append(describe(summary.loc[base], parameters))
-        parts.append(pairwise_tests(summary, texts, base, runs.index, cfg.level, resamples))
+        wanted += pairwise_tests(summary, texts, base, runs.index)
         if "mauve" in summary:
             prompts = np.unique(texts[summary.loc[base, "config"]].prompt)
-            parts.append(mauve_tests(summary, by_config, base, runs.index, prompts, mauve_cfg,
-                                     resamples(len(prompts)).flips))
-    added = pd.DataFrame(index=summary.index)
-    for part in parts:  # each covers some rows (one reference group) and some columns
+            mauve_parts.append(mauve_tests(summary, by_config, base, runs.index, prompts,
+                                           mauve_cfg, resamples(len(prompts)).flips))
+    products = Products(wanted, resamples)
+    columns: dict[int, dict[str, float]] = {}
+    for item in wanted:
+        columns.setdefault(item.row, {}).update(
+            interval_columns(item, products, cfg.level) if isinstance(item, Interval)
+            else test_columns(item, products, cfg.level))
+    added = pd.DataFrame.from_dict(columns, orient="index")
+    for part in mauve_parts:  # each covers some rows (one reference group)
         added = added.combine_first(part.astype(float))
     summary = holm_over_table(pd.concat([summary, added.reindex(summary.index)], axis=1))
     prompt_counts = sorted({len(np.unique(t.prompt)) for t in texts.values()})
@@ -418,6 +556,26 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
                      f"model, new tokens) no baseline row shares: {'; '.join(without)}. Run the "
                      "baseline with their settings to compare them.")
     return summary, notes
+
+
+DETECTABLE = "Minimum detectable Δ at this n"
+
+
+def minimum_detectable(summary: pd.DataFrame, metric: str) -> float:
+    """The Δ ``metric`` the table detects with 80% power in a two-sided 5% test: 2.8 x the
+    median bootstrap SE of Δ (``se_<metric>``) over the rows compared with a baseline. Rows
+    whose texts equal the baseline's (SE 0) carry no information and are left out; NaN (not
+    estimable) where no row is left."""
+    column = f"se_{metric}"
+    ses = summary[column].dropna() if column in summary else pd.Series(dtype=float)
+    ses = ses[ses > 0]
+    return minimum_detectable_effect(float(np.median(ses))) if len(ses) else math.nan
+
+
+def detectable(summary: pd.DataFrame, metric: str, scale: float = 1) -> str:
+    """``minimum_detectable`` in the table's units (x ``scale``), or "not estimable"."""
+    value = minimum_detectable(summary, metric)
+    return f"{value * scale:.3g}" if np.isfinite(value) else "not estimable"
 
 
 def settings_of(summary: pd.DataFrame) -> list[str]:
@@ -440,22 +598,25 @@ def uncertainty_notes(summary: pd.DataFrame, cfg: BootstrapConfig, baselines: li
             f"Δ: against {'; '.join(baselines)}, on the (prompt, seed) pairs both rows have, "
             f"paired (same resampled prompts), {level} interval; p: paired sign-flip test "
             f"with {samples_test} resamples; * marks Holm-adjusted p < 0.05 over all {tests} "
-            "tests of this table. MAUVE: mean ± std over k-means and generation seeds; its Δ "
-            "is measured on one k-means codebook shared by human, baseline and row (so it is "
-            "not the difference of two MAUVE cells) and tested by swapping the two rows' "
-            "labels.")
+            "tests of the outcome metrics of this table. MAUVE: mean ± std over k-means and "
+            f"generation seeds; {DELTA_MAUVE} is measured on one k-means codebook shared by "
+            "human, baseline and row (so it is not the difference of two MAUVE cells) and "
+            "tested by swapping the two rows' labels.")
         if "delta_subset" in summary and (summary["delta_subset"] == 1).any():
             notes.append("† Δ is on fewer texts than the cells: the row and the baseline have "
                          "different seeds (greedy runs seed 0 only), so Δ compares them on the "
                          "(prompt, seed) pairs both have and is not the difference of the two "
                          "cells, which keep all their own seeds.")
-        ses = {m: summary[f"se_{m}"].dropna() for m in MAIN if f"se_{m}" in summary}
-        mde = {m: np.median([minimum_detectable_effect(se) for se in values])
-               for m, values in ses.items() if len(values)}
+        mde = {m: detectable(summary, m, {"diversity": 100}.get(m, 1)) for m in MAIN
+               if f"se_{m}" in summary}
         if mde:
-            scale = {"diversity": 100}
-            notes.append("Minimum detectable Δ at this n (80% power, two-sided 5%, 2.8 x the "
-                         "median bootstrap SE of Δ): " + ", ".join(
-                             f"{m} {v * scale.get(m, 1):.3g}" for m, v in mde.items())
+            notes.append(f"{DETECTABLE} (80% power, two-sided 5%, 2.8 x the median bootstrap "
+                         "SE of Δ over the rows not identical to the baseline): " + ", ".join(
+                             f"{m} {v}" for m, v in mde.items())
                          + "; the SE shrinks as 1/√n.")
+        described = [m for m in DESCRIPTIVE if f"p_{m}" in summary]
+        if described:
+            notes.append(f"Holm's family is the outcome metrics ({', '.join(OUTCOMES)}): "
+                         f"{', '.join(described)} describe how a configuration generates; "
+                         "their p-values (summary.csv) are unadjusted and never starred.")
     return notes

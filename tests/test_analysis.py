@@ -15,7 +15,18 @@ from analysis import features
 from analysis.__main__ import analyse, load_config
 from analysis.diversity import diversity_metrics
 from analysis.mauve import MauveConfig, mauve_scores
-from analysis.uncertainty import BaselineConfig, BaselineNotFound, check_baseline
+from analysis.outputs import STAGING
+from analysis.uncertainty import (
+    DELTA_MAUVE,
+    DESCRIPTIVE,
+    OUTCOMES,
+    AmbiguousBaseline,
+    BaselineConfig,
+    BaselineNotFound,
+    check_baseline,
+    detectable,
+    minimum_detectable,
+)
 from harness.sweep import main as run_sweep
 from tests.conftest import ROOT, TINY
 
@@ -140,6 +151,79 @@ def test_another_baseline_and_level_as_the_readme_shows(tiny_sweep):
     assert "baseline.method=top_p baseline.params.top_p=0.95" in " ".join(readme.split())
 
 
+def test_holm_runs_over_the_outcome_metrics_and_one_minimum_detectable_delta_is_shown(
+        tiny_sweep):
+    summary = analyse([tiny_sweep], config())
+    holm = {c.removeprefix("p_").removesuffix("_holm") for c in summary if c.endswith("_holm")}
+    assert holm == {m for m in OUTCOMES if f"p_{m}" in summary} and "diversity" in holm
+    for metric in ("mean_tokens", "eos_rate", "topk_identical_rate"):  # descriptive: p, no Holm
+        assert metric in DESCRIPTIVE and f"p_{metric}" in summary
+        assert f"p_{metric}_holm" not in summary
+    # m = the outcome tests only: 10 compared rows x (MAUVE, diversity, rep-2..4, coherence,
+    # coherence_ll, perplexity)
+    assert int(summary[[f"p_{m}_holm" for m in holm]].notna().sum().sum()) == 10 * 8
+    markdown = (tiny_sweep / "summary.md").read_text()
+    assert "over all 80 tests of the outcome metrics" in markdown
+    assert "mean_tokens, eos_rate" in markdown and "unadjusted and never starred" in markdown
+    assert DELTA_MAUVE in markdown.splitlines()[0]  # the Δ MAUVE column says what it is
+    # one minimum detectable Δ (rows identical to the baseline, SE 0, left out), in summary.md
+    # and in summary.tex's caption alike
+    runs = summary[summary["se_diversity"] > 0]
+    expected = 2.8 * np.median(runs["se_diversity"]) * 100
+    assert minimum_detectable(summary, "diversity") * 100 == pytest.approx(expected)
+    shown = detectable(summary, "diversity", 100)
+    assert shown == f"{expected:.3g}" and float(shown) > 0
+    assert f"diversity {shown}" in markdown
+    assert f"Diversity {shown}" in (tiny_sweep / "summary.tex").read_text()
+
+
+def test_a_minimum_detectable_delta_from_a_pilot_without_variance_is_not_estimable():
+    summary = pd.DataFrame({"se_coherence": [0.0, 0.0, np.nan], "se_diversity": [0.0, 0.1, 0.3]})
+    assert detectable(summary, "coherence") == "not estimable"  # not 0: nothing is known
+    assert math.isnan(minimum_detectable(summary, "coherence"))
+    assert detectable(summary, "diversity", 100) == f"{2.8 * 0.2 * 100:.3g}"  # zeros left out
+
+
+def test_a_baseline_that_names_several_rows_is_an_error_listing_them(tiny_sweep):
+    before = features.stats["embedded"]
+    with pytest.raises(AmbiguousBaseline, match=(
+            r"baseline\.method=locally_typical_distance names 4 rows of one reference group: "
+            r"baseline\.method=locally_typical_distance [^;]*baseline\.params\.alpha=0\.2 .*"
+            r"baseline\.params\.alpha=1 ")):
+        analyse([tiny_sweep], config("baseline.method=locally_typical_distance"))
+    assert features.stats["embedded"] == before  # before any work
+    rows = pd.DataFrame([{"method": "top_k", "top_k": 10, "config": c, "references": "r"}
+                         for c in ("aaa", "bbb")])  # differing in no selector parameter
+    with pytest.raises(AmbiguousBaseline, match=r"baseline\.params\.config=aaa; .*config=bbb"):
+        check_baseline(rows, BaselineConfig(), ["top_k"])
+    rows["references"] = ["r", "s"]  # one per reference group: each group's own baseline
+    assert check_baseline(rows, BaselineConfig(), ["top_k"]) is None
+
+
+def test_a_failed_analysis_leaves_the_previous_complete_set(tiny_sweep, monkeypatch):
+    analyse([tiny_sweep], config())
+    outputs = ["summary.csv", "summary.md", "summary.tex", "summary_full.tex", "per_seed.csv",
+               "per_text.csv", "plan.csv", "plan.md", "samples.tex", "report.html"]
+    plots = sorted((tiny_sweep / "plots").iterdir())
+    previous = {name: (tiny_sweep / name).read_bytes() for name in outputs}
+    previous.update({f"plots/{p.name}": p.read_bytes() for p in plots})
+
+    def fail(*args, **kwargs):
+        raise ValueError("failed after the summary")
+
+    monkeypatch.setattr("analysis.__main__.write_samples", fail)
+    with pytest.raises(ValueError, match="after the summary"):  # other resamples: new numbers
+        analyse([tiny_sweep], config("bootstrap.seed=7"))
+    assert {name: (tiny_sweep / name).read_bytes() for name in outputs} | {
+        f"plots/{p.name}": p.read_bytes() for p in plots} == previous
+    assert sorted((tiny_sweep / "plots").iterdir()) == plots
+    assert not list(tiny_sweep.glob(f"{STAGING}*"))  # no temporary file left
+    monkeypatch.undo()
+    analyse([tiny_sweep], config("bootstrap.seed=7"))  # and a complete run replaces them all
+    assert (tiny_sweep / "summary.csv").read_bytes() != previous["summary.csv"]
+    assert not list(tiny_sweep.glob(f"{STAGING}*"))
+
+
 def test_an_unknown_baseline_fails_before_the_work_and_lists_the_rows(tiny_sweep):
     before = features.stats["embedded"]
     listed = r"the rows that can be the baseline: .*baseline\.method=top_k [^;]*top_k=10"
@@ -169,12 +253,17 @@ def test_a_job_without_generations_is_skipped_and_the_rest_analysed(tiny_sweep, 
     broken = tiny_sweep / "top_k,broken"
     broken.mkdir()
     (broken / "job.yaml").write_text((next(tiny_sweep.glob("top_k,*/job.yaml"))).read_text())
+    (broken / "generations.jsonl").write_bytes(b"")  # a job stopped before its first record
     try:
         summary = analyse([tiny_sweep], config())
+        markdown = (tiny_sweep / "summary.md").read_text()
     finally:
-        (broken / "job.yaml").unlink()
+        for path in broken.iterdir():
+            path.unlink()
         broken.rmdir()
     assert len(summary) == 12
+    note = next(line for line in markdown.splitlines() if "with no generations" in line)
+    assert "1 job dir(s)" in note and str(broken) in note  # under the table, not just a log
 
 
 def test_missing_sweep_dir_and_unknown_featurizer_are_clear(tiny_sweep, tmp_path):

@@ -27,6 +27,7 @@ def test_analysis_scale_bench_smoke_runs_every_stage():
     done = subprocess.run([sys.executable, "-m", "bench.analysis_scale", "--smoke"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    for stage in ("| load |", "| table |", "| mauve_swap |"):
+    for stage in ("| load |", "| table |", "| reference |", "| mauve_swap |"):
         assert stage in done.stdout
+    assert "table / reference CPU time" in done.stdout and "CPU s (user + sys)" in done.stdout
     assert "11 rows" in done.stdout and "B = 300" in done.stdout

@@ -1,14 +1,18 @@
 """Intervals and paired tests: calibration under a null, power, exact degenerate cases, and the
 sufficient statistics by hand."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mauve.compute_mauve import get_divergence_curve_for_multinomials
 from sklearn.metrics import auc
 
-from analysis import mauve
-from analysis.diversity import diversity_metrics, ngram_counts
+from analysis import mauve, stats
+from analysis.diversity import diversity_metrics, ngram_counts, ngram_statistics, ngrams
 from analysis.mauve import MauveConfig, mauve_of_histograms, mauve_swap_test
 from analysis.stats import (
     BootstrapConfig,
@@ -20,7 +24,7 @@ from analysis.stats import (
     resample_counts,
     sign_flips,
 )
-from analysis.uncertainty import PARTS, compare_rows
+from analysis.uncertainty import PARTS, BaselineConfig, add_uncertainty, compare_rows
 
 
 def parts(values: np.ndarray) -> np.ndarray:
@@ -163,3 +167,108 @@ def test_the_mauve_swap_test_in_chunks_equals_it_at_once(monkeypatch):
     monkeypatch.setattr(mauve, "CHUNK", 80 * 7)  # replicates 7 at a time (CHUNK // labels)
     chunked = mauve_swap_test(human, base, method, np.tile(np.arange(40), 2), cfg, flips)
     assert chunked == whole
+
+
+def test_pairs_are_exact_for_any_seed():
+    """The (prompt, seed) key is exact: seeds past 2^20 neither collide with nor pair with
+    others (the packed key took seed 1,048,576 for seed 0 of the next prompt's block)."""
+    rng = np.random.default_rng(8)
+    values = rng.normal(size=(20, 2))
+    base = texts(values, [0, 20260101])
+    row = texts(values + 0.5, [0, 20260101])
+    result = compare_rows(row, base, "coherence", BootstrapConfig(samples=200))
+    assert (result.pairs, result.prompts) == (40, 20)
+    assert result.delta == pytest.approx(0.5)
+    far = texts(values[:, :1], [1_048_576])  # shares no seed with a baseline at seed 0
+    with pytest.raises(ValueError, match="no \\(prompt, seed\\) pair in common"):
+        compare_rows(far, texts(values[:, :1], [0]), "coherence", BootstrapConfig(samples=200))
+    big = texts(values, [2**40, 2**40 + 1])
+    assert compare_rows(big, big.copy(), "coherence", BootstrapConfig(samples=200)).pairs == 40
+
+
+def study_texts(rng: np.random.Generator) -> pd.DataFrame:
+    """per_text.csv of three configurations, the study's shape in small: 30 prompts, a 3-seed
+    baseline, a 3-seed row, a 1-seed row (greedy-like) and one identical to the baseline;
+    n-gram counts, a mean and a pooled ratio."""
+    frames = []
+    effect = rng.normal(size=(30, 1))
+    for config, seeds, shift in (("base", [0, 1, 2], 0.0), ("row", [0, 1, 2], 0.3),
+                                 ("one", [0], -0.2), ("same", [0, 1, 2], 0.0)):
+        frame = texts(effect + shift + rng.normal(size=(30, len(seeds))), seeds)
+        total = rng.integers(20, 40, len(frame)).astype(float)
+        frame = frame.assign(config=config, method="top_k" if config == "base" else "top_p",
+                             top_k=10.0 if config == "base" else np.nan, references="r",
+                             t2=total, u2=np.minimum(total, rng.binomial(total.astype(int), 0.9)),
+                             ll_sum=-rng.uniform(50, 150, len(frame)), ll_tokens=48.0)
+        frames.append(frame)
+    frames[3][["coherence", "t2", "u2", "ll_sum"]] = frames[0][
+        ["coherence", "t2", "u2", "ll_sum"]].to_numpy()
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_the_tables_shared_products_equal_each_comparison_on_its_own():
+    """add_uncertainty draws each resample matrix once and multiplies it with every row's sums
+    at once: its intervals, Δs and p-values equal compare_rows / bootstrap per (row, metric),
+    up to float32 rounding of the sums, and the row identical to the baseline is exact."""
+    per_text = study_texts(np.random.default_rng(9))
+    summary = per_text.groupby("config", sort=False).first()[["method", "top_k", "references"]]
+    summary = summary.reset_index().assign(n=1)
+    cfg = BootstrapConfig(samples=400, seed=3)
+    table, _ = add_uncertainty(summary, per_text, [], MauveConfig(), cfg, BaselineConfig(),
+                               ["top_k"])
+    table = table.set_index("config")
+    samples_test = 400  # the table's: B, more than 20 x its tests
+    for config in ("row", "one", "same"):
+        for metric in ("rep_2", "coherence", "perplexity"):
+            alone = compare_rows(per_text[per_text["config"] == config],
+                                 per_text[per_text["config"] == "base"], metric, cfg,
+                                 samples_test)
+            got = table.loc[config]
+            assert got[f"delta_{metric}"] == pytest.approx(alone.delta, rel=1e-12, abs=1e-15)
+            for mine, theirs in ((got[f"delta_{metric}_lo"], alone.low),
+                                 (got[f"delta_{metric}_hi"], alone.high),
+                                 (got[f"se_{metric}"], alone.se)):
+                assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-9), (config, metric)
+            assert got[f"p_{metric}"] == pytest.approx(alone.p, abs=2 / samples_test)
+    same = table.loc["same"]
+    assert (same["delta_rep_2"], same["delta_rep_2_lo"], same["p_rep_2"]) == (0.0, 0.0, 1.0)
+    rows = per_text[per_text["config"] == "row"]
+    sums = rows.assign(texts=1.0).groupby("prompt_id")[["coherence", "texts"]].sum().to_numpy()
+    _, low, high = bootstrap(sums, ratio, resample_counts(30, 400, 3), 0.95)
+    assert (table.loc["row", "coherence_lo"], table.loc["row", "coherence_hi"]) == (
+        pytest.approx(low, rel=1e-5), pytest.approx(high, rel=1e-5))
+
+
+def test_resample_matrices_drawn_block_by_block_are_the_whole_draw(monkeypatch):
+    whole = (np.random.default_rng(4).multinomial(50, np.full(50, 1 / 50), size=33),
+             np.random.default_rng(5).integers(0, 2, size=(33, 50)))
+    monkeypatch.setattr(stats, "BLOCK", 50 * 4)  # 4 rows a block, the last one short
+    assert (stats.resample_counts(50, 33, 4) == whole[0]).all()
+    assert (stats.sign_flips(50, 33, 4) == whole[1]).all()
+    assert stats.resample_counts(50, 33, 4).dtype == np.float32
+    parts = np.random.default_rng(6).normal(size=(50, 3))
+    assert np.allclose(stats.resampled(stats.count_blocks(50, 33, 4), parts),
+                       whole[0] @ parts, rtol=1e-5)
+
+
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "c", "ab", "é"]), max_size=9),
+                max_size=6), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_ngrams_numbered_once_count_what_python_sets_count(texts_words, skip_last):
+    """Every count of ngram_statistics against the definition with tuples and sets."""
+    texts_ = [" ".join(words) for words in texts_words]
+    counts, metrics = ngram_statistics(texts_, skip_last)
+    split = [t.split() for t in texts_]
+    for row, words in enumerate(split):
+        for column, n in enumerate((2, 3, 4)):
+            grams = ngrams(words, n, skip_last)
+            assert counts[row, 2 * column : 2 * column + 2].tolist() == [len(set(grams)),
+                                                                         len(grams)]
+    for n in (1, 2, 3, 4):
+        grams = [g for words in split for g in ngrams(words, n)]
+        expected = len(set(grams)) / len(grams) if grams else math.nan
+        assert metrics[f"distinct_{n}"] == pytest.approx(expected, nan_ok=True)
+    for n in (2, 3, 4):
+        unique, total = counts[:, 2 * n - 4].sum(), counts[:, 2 * n - 3].sum()
+        expected = 100 * (1 - unique / total) if total else math.nan
+        assert metrics[f"rep_{n}"] == pytest.approx(expected, nan_ok=True)
