@@ -204,8 +204,9 @@ def test_bad_input_is_one_line_before_any_work(case, done, files, tmp_path, monk
 def test_full_error_shows_the_traceback_for_debugging(done, monkeypatch, capfd):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     monkeypatch.setattr(sys, "argv", ["harness", *SMALL, "model=hub", f"hydra.run.dir={done}"])
-    with pytest.raises(ValueError, match=r"model\.source is required"):
+    with pytest.raises(SystemExit, match=r"model\.source is required"):
         harness_entry.main()
+    assert "Traceback" in capfd.readouterr().err
     with pytest.raises(ValueError, match=r"bootstrap\.level"):
         analysis_entry.main([str(done.parent), "bootstrap.level=2", "--debug"])
 
