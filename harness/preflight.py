@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
@@ -60,9 +61,17 @@ def check_job(config: DictConfig, multirun: bool, here: bool = True) -> str | No
     return None
 
 
+# The returns of the jobs that ended in this process, by overrides: when a launcher stops on an
+# OSError (a full disk fails Hydra's own writes), the sweeper knows which jobs it had finished.
+ENDED: dict[tuple[str, ...], JobReturn] = {}
+
+
 class Preflight(Callback):
     """A single run's checks, before ``run_job`` creates the job dir: a refused run writes
-    nothing (exit 1, its one line)."""
+    nothing (exit 1, its one line). It also keeps every job's return (``ENDED``)."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        ENDED[tuple(job_return.overrides or ())] = job_return
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         problem = check_job(config, multirun=False)

@@ -45,6 +45,13 @@ def files(tmp_path_factory) -> Path:
     (out / "nogrids.yaml").write_text("sweeps:\n  - selector: top_k\n")
     (out / "scalars.yaml").write_text("grids: [1, 2]\n")
     (out / "nested.yaml").write_text("grids:\n  - selector: {method: top_k}\n")
+    good = '{"text": "A document."}\n'
+    (out / "number.jsonl").write_text(good * 2 + '{"text": 42}\n')
+    (out / "list.jsonl").write_text(good + '{"text": ["a", "b"]}\n')
+    (out / "otherkey.jsonl").write_text(good + '{"body": "A document."}\n')
+    (out / "typo.yaml").write_text("grids:\n  - selector: top_p\n  - selectr: top_k\n")
+    (out / "typo_key.yaml").write_text("grids:\n  - {selector: top_k, selector.topk: [5, 10]}\n")
+    (out / "nucleus.yaml").write_text("grids:\n  - selector: [top_k, nucleus]\n")
     return out
 
 
@@ -93,9 +100,22 @@ CASES = [
      "Value 'many' of type 'str' could not be converted to Integer", False),
     ("override-syntax", "harness", ["generation.seeds=[0,"], 1,
      "override 'generation.seeds=[0,' does not parse", False),
-    ("broken-json", "harness", ["dataset=local", "dataset.data_files={files}/broken.jsonl",
-                                "hydra.run.dir={fresh}"], 1,
-     "could not be loaded", True),
+    ("broken-json", "harness", ["dataset=local", "dataset.data_files={files}/broken.jsonl"], 1,
+     "broken.jsonl', line 2: not valid JSON", False),
+    ("json-text-a-number", "harness", ["dataset=local",
+                                       "dataset.data_files={files}/number.jsonl"], 1,
+     "number.jsonl', line 3: dataset.text_field='text' holds a number, not a text", False),
+    ("json-text-a-list", "harness", ["dataset=local", "dataset.data_files={files}/list.jsonl"], 1,
+     "list.jsonl', line 2: dataset.text_field='text' holds a list, not a text", False),
+    ("json-text-under-another-key", "harness", ["dataset=local",
+                                                "dataset.data_files={files}/otherkey.jsonl"], 1,
+     "otherkey.jsonl', line 2 has no 'text' field (its keys: 'body'): set "
+     "dataset.text_field='text' to the field", False),
+    ("run-dir-in-proc", "harness", ["hydra.run.dir=/proc/harness-job"], 1,
+     "hydra.run.dir: the job dir /proc/harness-job cannot be written", False),
+    ("sweep-dir-in-proc", "harness", ["-m", "selector=top_k", "selector.top_k=3,5",
+                                      "hydra.sweep.dir=/proc/harness-sweep"], 1,
+     "hydra.sweep.dir: the job dir /proc/harness-sweep/top_k", False),
     ("text-field", "harness", ["dataset.text_field=body", "hydra.run.dir={fresh}"], 1,
      "dataset.text_field='body' is not a column", True),
     ("longer-than-the-model", "harness", ["generation.prompt_tokens=100000",
@@ -115,6 +135,13 @@ CASES = [
      "`grids:` must be a non-empty list of mappings", False),
     ("grid-of-a-mapping", "sweep", ["{files}/nested.yaml"], 1,
      "nested.yaml, grid 1: 'selector'", False),
+    ("sweep-group-typo", "sweep", ["{files}/typo.yaml", "hydra.sweep.dir={fresh}"], 1,
+     "typo.yaml, grid 2: key 'selectr' is not known; did you mean 'selector'?", False),
+    ("sweep-key-typo", "sweep", ["{files}/typo_key.yaml", "hydra.sweep.dir={fresh}"], 1,
+     "typo_key.yaml, grid 1: key 'selector.topk' is not known; did you mean 'selector.top_k'?",
+     False),
+    ("sweep-unknown-selector", "sweep", ["{files}/nucleus.yaml", "hydra.sweep.dir={fresh}"], 1,
+     "nucleus.yaml, grid 1: selector=nucleus is not an option of selector", False),
     ("analysis-no-dir", "analysis", ["/no/such/sweep"], 1,
      "sweep dir /no/such/sweep does not exist", False),
     ("analysis-empty-dir", "analysis", ["{fresh}", "wandb=disabled"], 1,
@@ -125,6 +152,11 @@ CASES = [
      "bootstrap.level=1.5 must be in (0, 1)", False),
     ("analysis-samples", "analysis", ["{done}/..", "bootstrap.samples=0"], 1,
      "bootstrap.samples=0 must be >= 1", False),
+    ("analysis-samples-floor", "analysis", ["{done}/..", "bootstrap.samples=3"], 1,
+     "bootstrap.samples=3 is below 1000, the fewest for a 95% interval", False),
+    ("analysis-samples-floor-99", "analysis",
+     ["{done}/..", "bootstrap.samples=1000", "bootstrap.level=0.99"], 1,
+     "bootstrap.samples=1000 is below 5000, the fewest for a 99% interval", False),
     ("analysis-featurizer", "analysis", ["{done}/..", "metrics.mauve.featurizer=bert"], 1,
      "metrics.mauve.featurizer='bert' is not known", False),
     ("analysis-unknown-key", "analysis", ["{done}/..", "metrics.mauve.k=3"], 1,

@@ -28,7 +28,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException, HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from harness.preflight import check_job, job_dir_and_config, one_line
+from harness.preflight import ENDED, check_job, job_dir_and_config, one_line
 
 log = logging.getLogger(__name__)
 
@@ -119,28 +119,47 @@ class HarnessSweeper(BasicSweeper):
         configs = {job: self.job_config(job) for job in jobs}  # validate_batch_is_legal's work
         self.refuse_shared_dirs(configs)
         here = "submitit" not in str(self.config.hydra.launcher.get("_target_", ""))
-        refused = {}
-        for job, config in configs.items():
-            problem = check_job(config, multirun=True, here=here)
-            if problem:
-                log.error("%s", problem)
-                refused[job] = problem
+        refused = {job: problem for job, config in configs.items()
+                   if (problem := check_job(config, multirun=True, here=here))}
         batches = [kept for batch in batches
                    if (kept := [job for job in batch if tuple(job) not in refused])]
         if not batches:
             raise MultirunError(f"{failure_summary(list(refused.values()), len(jobs))} Nothing "
                                 "was run or written.")
+        for problem in refused.values():  # now, not only after hours of the other jobs
+            log.error("%s", problem)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns, done = [], 0
         for batch in batches:
-            returns.append(self.launcher.launch(batch, initial_job_idx=done))
+            returns.append(self.launch(batch, done, configs))
             done += len(batch)
         summary = failure_summary(
             [*refused.values(), *failures_of([r for batch in returns for r in batch])], len(jobs))
         if summary:
             raise MultirunError(summary)
+        return returns
+
+    def launch(self, batch: Sequence[Sequence[str]], first: int,
+               configs: dict[tuple[str, ...], DictConfig]) -> list[JobReturn]:
+        """The launcher's returns; if it stops on an OSError (a full disk fails Hydra's own
+        ``.hydra/`` writes, outside the job), the jobs it had not finished are launched one by
+        one, and one that fails so is a failed job with its own line."""
+        try:
+            return list(self.launcher.launch(batch, initial_job_idx=first))
+        except OSError as error:
+            if len(batch) == 1:
+                job_dir = job_dir_and_config(configs[tuple(batch[0])])[0]
+                message = (f"job {job_dir.name}: {one_line(error)}; free space (or make the dir "
+                           "writable), then re-run the same command to resume.")
+                log.error("%s", message)
+                return [JobReturn(overrides=list(batch[0]), status=JobStatus.FAILED,
+                                  _return_value=MultirunError(message))]
+        returns = []
+        for number, job in enumerate(batch, first):
+            ended = ENDED.get(tuple(job))
+            returns += [ended] if ended else self.launch([job], number, configs)
         return returns
 
     def job_config(self, job: Sequence[str]) -> DictConfig:
