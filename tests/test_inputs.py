@@ -5,6 +5,7 @@ error handling included), so the table stays fast; ``test_the_real_command_lines
 case of each entry point as a process."""
 
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -287,3 +288,173 @@ def test_ctrl_c_finishes_the_batch_says_one_line_and_resumes(tmp_path):
     assert cli(*args, cwd=tmp_path).returncode == 0
     assert len(out.read_text().splitlines()) == 16
     assert out.read_text().startswith(written)
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file and dir under ``root`` (Hydra's .hydra/, logs and locks included), by content."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file()
+            else "dir" for p in root.rglob("*")}
+
+
+def test_a_rejected_command_writes_nothing(tmp_path, monkeypatch, capfd):
+    """The job dir of a rejected run already exists, written by Hydra (.hydra/, the log, the
+    sweep's multirun.yaml): every file stays byte-identical, and no outputs/ dir appears."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    sweep, single = tmp_path / "sweep", tmp_path / "single"
+    job = [*SMALL, "selector=top_k", "selector.top_k=5"]
+    assert invoke("harness", ["-m", *job, f"hydra.sweep.dir={sweep}"], monkeypatch) == 0
+    assert invoke("harness", [*job, f"hydra.run.dir={single}"], monkeypatch) == 0
+    written = tree(tmp_path)
+    assert "sweep/multirun.yaml" in written and any(".hydra/config.yaml" in f for f in written)
+    assert any(f.startswith("single/.hydra") for f in written)
+    for bad in (["generation.seeds=[]"], ["dataset.limit=-5"], ["selector.top_k=0,-1"]):
+        for where in ([f"hydra.run.dir={single}"], ["-m", f"hydra.sweep.dir={sweep}"]):
+            if "," in bad[0] and "-m" not in where:
+                continue
+            args = [*where[:1 if "-m" in where else 0], *job, *bad,
+                    *[w for w in where if w != "-m"]]
+            capfd.readouterr()
+            started = time.perf_counter()
+            assert invoke("harness", args, monkeypatch) == 1, args
+            text = capfd.readouterr().err
+            assert "Traceback" not in text and "job " in text, text
+            assert tree(tmp_path) == written, args
+            print(f"{' '.join(bad + where)}: refused in {time.perf_counter() - started:.1f} s")
+    # the default run dir: nothing made under outputs/ either
+    assert invoke("harness", [*SMALL, "generation.seeds=[]"], monkeypatch) == 1
+    assert tree(tmp_path) == written
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """``mount(options)``: a fresh tmpfs at a new dir (root and CAP_SYS_ADMIN needed, else the
+    test is skipped), unmounted afterwards."""
+    points = []
+
+    def make(options: str) -> Path:
+        point = tmp_path / f"mnt{len(points)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'}): "
+                        "the read-only and full-disk cases need one")
+        points.append(point)
+        return point
+
+    yield make
+    for point in points:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_an_unwritable_dir_is_one_line_naming_it(mount, tmp_path, monkeypatch, capfd):
+    readonly = mount("ro,size=1m")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    for args, key in ((["hydra.run.dir=" + str(readonly / "job")], "hydra.run.dir"),
+                      (["-m", "selector=top_k", "selector.top_k=3,5",
+                        f"hydra.sweep.dir={readonly}/sweep"], "hydra.sweep.dir")):
+        capfd.readouterr()
+        assert invoke("harness", [*args[:1 if "-m" in args else 0], *SMALL,
+                                  *[a for a in args if a != "-m"]], monkeypatch) == 1
+        text = capfd.readouterr().err
+        (line,) = [line for line in text.splitlines() if "cannot be written" in line]
+        assert f"{key}: the job dir {readonly}" in line and "Read-only file system" in line
+        assert "Traceback" not in text
+    assert list(readonly.iterdir()) == [] and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow  # make test-slow: three jobs in a process, about half a minute
+def test_a_full_disk_names_each_failed_job_and_sums_them_up(mount, tmp_path):
+    """64 KiB: the first job or two fit, the others fail on the full disk, in the job (its
+    records) or in Hydra's .hydra/ writes; each failure has one line, the multirun ends with the
+    summary, and logging's own tracebacks ("--- Logging error ---") stay away."""
+    full = mount("size=64k")
+    top_k = (3, 5, 7)
+    done = cli("harness", "-m", *SMALL, "dataset.limit=20", "generation.seeds=[0,1]",
+               "selector=top_k", f"selector.top_k={','.join(map(str, top_k))}",
+               f"hydra.sweep.dir={full}", cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode == 1, text
+    assert "Logging error" not in text and "Traceback" not in text, text
+    complete = {k for k in top_k
+                if len(next(full.glob(f"top_k,*selector.top_k={k}"), full / "none").joinpath(
+                    RECORDS).read_text().splitlines() if list(full.glob(
+                        f"top_k,*selector.top_k={k}/{RECORDS}")) else []) == 40}
+    failed = set(top_k) - complete
+    assert failed, "the disk never filled: make the tmpfs smaller"
+    (summary,) = [line for line in text.splitlines() if "jobs failed" in line]
+    assert summary.startswith(f"{len(failed)} of 3 jobs failed")
+    for k in failed:
+        assert len([line for line in text.splitlines() if f"selector.top_k={k}:" in line
+                    and "jobs failed" not in line]) == 1, k
+        assert "No space left on device" in summary
+
+
+def test_skipped_documents_are_counted_and_too_few_prompts_warned(tmp_path, caplog):
+    """8 documents: 2 empty, 1 whitespace, 2 too short, 3 long enough; dataset.limit=5."""
+    from omegaconf import OmegaConf
+
+    from harness.data import DatasetConfig, load_prompts
+    from harness.models import load_model
+
+    tokenizer = load_model(OmegaConf.to_object(compose(*TINY).model)).tokenizer
+    long, short = "The captain walked to the garden. " * 8, "A letter."
+    texts = ["", long, "  \n ", short, long + "Again.", "", short, long + "Once more."]
+    needed = len(tokenizer(short, add_special_tokens=False).input_ids) + 1
+    assert len(tokenizer(long, add_special_tokens=False).input_ids) >= needed
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(f'{{"text": {json.dumps(t)}}}\n' for t in texts))
+    cfg = DatasetConfig(name="docs", data_files=str(data), limit=5)
+    with caplog.at_level(logging.INFO, logger="harness.data"):
+        prompts = load_prompts(cfg, tokenizer, needed - 1, 1)
+    assert [p.prompt_id for p in prompts] == [1, 4, 7]
+    assert ("dataset 'docs': 3 prompts; 5 documents skipped before them (3 empty or whitespace, "
+            f"2 shorter than {needed} tokens") in caplog.text
+    assert "dataset.limit=5, but dataset 'docs' has only 3 documents of at least" in caplog.text
+
+
+@pytest.mark.slow  # make test-slow: several analysis processes, stopped early
+def test_ctrl_c_early_in_the_analysis_always_exits_130_with_one_line(done, tmp_path):
+    """Ctrl-C at several moments of the analysis's start (its imports, the config, the first
+    features): exit 130 and the one line, never "Exception ignored" and a finished run."""
+    for delay in (0.3, 1.0, 2.0, 4.0, 8.0):
+        job = subprocess.Popen([sys.executable, "-m", "analysis", str(done.parent),
+                                "wandb=disabled"], cwd=tmp_path, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(delay)
+        job.send_signal(signal.SIGINT)
+        text = job.communicate(timeout=300)[0]
+        if job.returncode == 0:
+            continue  # finished before the signal (a fast machine): nothing to see
+        assert job.returncode == 130, (delay, text[-2000:])
+        assert "Traceback" not in text and "Exception ignored" not in text, (delay, text[-2000:])
+        assert len([line for line in text.splitlines() if "interrupted: the job dirs are "
+                    "untouched" in line]) == 1, (delay, text[-2000:])
+
+
+@pytest.mark.slow  # make test-slow: two processes importing the analysis, about 15 s
+def test_faiss_loader_lines_are_silenced(tmp_path):
+    """mauve-text imports faiss, whose loader logs a traceback for each optimised build it
+    cannot load: the analysis's logging setup keeps them out."""
+    script = ("import logging, sys\n"
+              "import analysis.__main__ as entry\n"
+              "if sys.argv[1] == 'analysis':\n"
+              "    try:\n"
+              "        entry.main(['/no/such/sweep'])\n"
+              "    except SystemExit:\n"
+              "        pass\n"
+              "else:\n"
+              "    logging.basicConfig(level=logging.INFO)\n"
+              "import faiss\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = {how: subprocess.run([sys.executable, "-c", script, how], capture_output=True,
+                                text=True, cwd=tmp_path, env=env)
+            for how in ("plain", "analysis")}
+    if "faiss.loader" not in runs["plain"].stderr:
+        pytest.skip("this faiss loads its first build without a word: nothing to silence")
+    assert runs["analysis"].returncode == 0, runs["analysis"].stderr
+    assert "faiss" not in runs["analysis"].stderr
+    assert "sweep dir /no/such/sweep does not exist" in runs["analysis"].stderr
