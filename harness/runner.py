@@ -39,6 +39,7 @@ from transformers import StoppingCriteria
 from harness import decode, identity
 from harness.data import DatasetConfig, Prompt, check_dataset, load_prompts
 from harness.decode import Row
+from harness.estimate import warn_if_long
 from harness.models import DTYPES, ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
 from harness.sampling import SAMPLER_VERSION
@@ -395,6 +396,8 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
         rows = [Row(job, prompt, seed) for job in jobs for seed in job.seeds for prompt in prompts
                 if (prompt.prompt_id, seed) not in job.done]
         total = sum(len(job.seeds) for job in jobs) * len(prompts)
+        warn_if_long(len(rows), gen.max_new_tokens, [job.dir for job in jobs],
+                     str(first.model.name), loaded.device)
         sizes = {job.cfg.generation.batch_size for job in jobs}
         batch_size = "auto" if "auto" in sizes else min(sizes)
         stop = StopOnSignal()

@@ -458,3 +458,59 @@ def test_faiss_loader_lines_are_silenced(tmp_path):
     assert runs["analysis"].returncode == 0, runs["analysis"].stderr
     assert "faiss" not in runs["analysis"].stderr
     assert "sweep dir /no/such/sweep does not exist" in runs["analysis"].stderr
+
+
+def test_a_long_run_says_its_size_and_time_before_it_starts():
+    from harness.estimate import Rate, long_run_warning
+
+    rate = Rate(100.0, Path("sweep/top_k/timing.json"))
+    # 1,000 rows x 64 tokens at 100 tokens/s: 640 s, over the 600 s line; 64 s is not
+    line = long_run_warning(1000, 64, "smollm2", "cpu, 2 threads", rate)
+    assert line.startswith("64,000 new tokens to generate (1,000 rows x 64 tokens): about 11 min "
+                           "at 100 tokens/s, the rate last measured for model 'smollm2' on cpu, "
+                           "2 threads (sweep/top_k/timing.json)")
+    assert long_run_warning(100, 64, "smollm2", "cpu, 2 threads", rate) is None
+    # no rate: silent up to 100,000 tokens, then the size and "no rate known"
+    assert long_run_warning(1000, 64, "smollm2", "cpu, 2 threads", None) is None
+    assert "no rate known for model 'smollm2' on cpu, 2 threads" in long_run_warning(
+        2000, 64, "smollm2", "cpu, 2 threads", None)
+    # the README's Daily loop grid at full size: 2,400 paragraphs x 3 seeds x 12 jobs
+    assert "about 30.7 h at 50 tokens/s" in long_run_warning(  # 5,529,600 / 50 = 110,592 s
+        2400 * 3 * 12, 64, "smollm2", "cpu", Rate(50.0, Path()))
+
+
+def test_the_rate_is_the_newest_of_the_same_model_and_device(tmp_path):
+    from harness.estimate import measured_rate
+
+    for number, (model, device, rate) in enumerate([
+            ("tiny", "cpu, 2 threads", 50.0), ("tiny", "cpu, 2 threads", 80.0),
+            ("tiny", "NVIDIA H100", 999.0), ("smollm2", "cpu, 2 threads", 5.0)]):
+        job = tmp_path / f"job{number}"
+        job.mkdir()
+        (job / "job.yaml").write_text(f"model:\n  name: {model}\n")
+        (job / "timing.json").write_text(json.dumps({"tokens_per_s": rate, "device": device}))
+        os.utime(job / "timing.json", (1000 + number, 1000 + number))
+    (tmp_path / "half-written").mkdir()
+    (tmp_path / "half-written" / "timing.json").write_text("{")
+    found = measured_rate([tmp_path / "new-job"], "tiny", "cpu, 2 threads")
+    assert found.tokens_per_s == 80.0 and found.source == tmp_path / "job1" / "timing.json"
+    assert measured_rate([tmp_path / "new-job"], "tiny", "cpu, 4 threads") is None
+
+
+def test_the_estimate_is_printed_before_generating(tmp_path, caplog):
+    """A sibling job measured 0.02 tokens/s for this model on this device: 2 prompts x 12
+    tokens are then 20 minutes, so the run says so before it starts."""
+    import torch
+
+    from harness.estimate import device_kind
+
+    sibling = tmp_path / "earlier"
+    sibling.mkdir()
+    (sibling / "job.yaml").write_text("model:\n  name: tiny\n")
+    (sibling / "timing.json").write_text(json.dumps(
+        {"tokens_per_s": 0.02, "device": device_kind(torch.device("cpu"))}))
+    with caplog.at_level(logging.WARNING, logger="harness.estimate"):
+        run_job(compose(*SMALL, "model.device=cpu"), tmp_path / "job")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "harness.estimate"]
+    assert line.startswith("24 new tokens to generate (2 rows x 12 tokens): about 20 min at "
+                           "0.02 tokens/s")
