@@ -1,7 +1,9 @@
 """``python -m harness``: the Hydra entry point (one job per config; ``-m`` for grids).
 
 Input mistakes end in one line naming the key, the value and what to do, and exit 1 (a full
-traceback with ``HYDRA_FULL_ERROR=1``). In a multirun a failed job raises ``JobFailed`` instead
+traceback with ``HYDRA_FULL_ERROR=1``); those found without the model and the data are found
+before Hydra writes anything (``harness.preflight``), so a refused run changes no file. In a
+multirun a failed job raises ``JobFailed`` instead
 of exiting, so the launcher goes on with the other jobs; SIGTERM and SIGINT still stop the
 whole run (exit 128 + signal), every finished batch written."""
 

@@ -110,6 +110,7 @@ class HarnessSweeper(BasicSweeper):
         instead of raising the first."""
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
+        ENDED.clear()  # an earlier multirun of this process (tests) is not this one
         params = [*self._parse_config(), *arguments]
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         self.overrides = self.split_arguments(parser.parse_overrides(params),
@@ -149,18 +150,15 @@ class HarnessSweeper(BasicSweeper):
         try:
             return list(self.launcher.launch(batch, initial_job_idx=first))
         except OSError as error:
-            if len(batch) == 1:
-                job_dir = job_dir_and_config(configs[tuple(batch[0])])[0]
-                message = (f"job {job_dir.name}: {one_line(error)}; free space (or make the dir "
-                           "writable), then re-run the same command to resume.")
-                log.error("%s", message)
-                return [JobReturn(overrides=list(batch[0]), status=JobStatus.FAILED,
-                                  _return_value=MultirunError(message))]
-        returns = []
-        for number, job in enumerate(batch, first):
-            ended = ENDED.get(tuple(job))
-            returns += [ended] if ended else self.launch([job], number, configs)
-        return returns
+            if len(batch) > 1:  # the jobs it finished left their returns in ENDED
+                return [ENDED.get(tuple(job)) or self.launch([job], number, configs)[0]
+                        for number, job in enumerate(batch, first)]
+            job_dir = job_dir_and_config(configs[tuple(batch[0])])[0]
+            message = (f"job {job_dir.name}: {one_line(error)}; free space (or make the dir "
+                       "writable), then re-run the same command to resume.")
+            log.error("%s", message)
+            return [JobReturn(overrides=list(batch[0]), status=JobStatus.FAILED,
+                              _return_value=MultirunError(message))]
 
     def job_config(self, job: Sequence[str]) -> DictConfig:
         """The job's full config, as the launcher will compose it; an override that names no
