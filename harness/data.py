@@ -213,9 +213,9 @@ def _check_json_lines(path: Path, field: str, size: int, mtime_ns: int) -> None:
                 raise ValueError(f"{where}: a {json_type(document)}, not an object with a "
                                  f"{field!r} field ({key}).")
             if field not in document:
-                raise ValueError(f"{where} has no {field!r} field (its keys: "
-                                 f"{', '.join(map(repr, document)) or 'none'}): set {key} to the "
-                                 "field holding the text, or fix the line.")
+                raise ValueError(f"{where} has no {field!r} field ({key}; its keys: "
+                                 f"{list(document)}): set dataset.text_field to the field holding "
+                                 "the text, or fix the line.")
             if not isinstance(document[field], str):
                 raise ValueError(f"{where}: {key} holds a {json_type(document[field])}, not a "
                                  "text; give every document its text as a string.")

@@ -110,10 +110,12 @@ CASES = [
      "list.jsonl', line 2: dataset.text_field='text' holds a list, not a text", False),
     ("json-text-under-another-key", "harness", ["dataset=local",
                                                 "dataset.data_files={files}/otherkey.jsonl"], 1,
-     "otherkey.jsonl', line 2 has no 'text' field (its keys: 'body'): set "
-     "dataset.text_field='text' to the field", False),
+     "otherkey.jsonl', line 2 has no 'text' field (dataset.text_field='text'; its keys: "
+     "['body']): set dataset.text_field to the field holding the text", False),
     ("run-dir-in-proc", "harness", ["hydra.run.dir=/proc/harness-job"], 1,
      "hydra.run.dir: the job dir /proc/harness-job cannot be written", False),
+    ("run-dir-under-a-file", "harness", ["hydra.run.dir={files}/empty.jsonl/job"], 1,
+     "empty.jsonl/job cannot be written", False),
     ("sweep-dir-in-proc", "harness", ["-m", "selector=top_k", "selector.top_k=3,5",
                                       "hydra.sweep.dir=/proc/harness-sweep"], 1,
      "hydra.sweep.dir: the job dir /proc/harness-sweep/top_k", False),
