@@ -12,10 +12,23 @@ A mistake in the input is one line and exit 1, before any work; ``--debug`` show
 traceback.
 """
 
+# ruff: noqa: E402  (the imports follow the Ctrl-C handler that covers them)
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+
+INTERRUPTED = ("interrupted: the job dirs are untouched (the analysis only reads them); "
+               "re-running the same command redoes the tables from its caches.")
+
+if __name__ == "__main__":  # a Ctrl-C during the imports below (seconds): nothing is written yet
+    signal.signal(signal.SIGINT, lambda *_: (print(f"[analysis] {INTERRUPTED}", file=sys.stderr,
+                                                   flush=True), os._exit(130)))
+
+import _thread
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +73,9 @@ from harness.tracking import (
 log = logging.getLogger("analysis")
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ANALYZE_RUN_ID = "wandb_analyze_run_id"  # in the output dir: the analysis run's id
+# The fewest resamples in each tail of a percentile interval: its endpoint is then the 25th
+# most extreme of them, not the 1st or 3rd (bootstrap.samples >= 1000 at a 95% level).
+TAIL_RESAMPLES = 25
 
 
 @dataclass
@@ -106,6 +122,14 @@ def validate(sweep_dirs: list[Path], cfg: AnalysisConfig) -> None:
             raise ValueError(f"{key}={value} must be >= 1.")
     if not 0 < boot.level < 1:
         raise ValueError(f"bootstrap.level={boot.level} must be in (0, 1), e.g. 0.95.")
+    floor = math.ceil(TAIL_RESAMPLES / ((1 - boot.level) / 2) - 1e-9)
+    if boot.samples < floor:
+        raise ValueError(
+            f"bootstrap.samples={boot.samples} is below {floor}, the fewest for a "
+            f"{boot.level:.0%} interval: each of its {(1 - boot.level) / 2:.1%} tails must rest "
+            f"on at least {TAIL_RESAMPLES} resamples, else its endpoints are a few draws' noise "
+            f"(Efron & Tibshirani ask >= 1000 at 95%); use bootstrap.samples={floor} or more "
+            "(default 10000).")
 
 
 def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
@@ -208,8 +232,28 @@ def write_back(jobs: list, summary: pd.DataFrame, wandb_cfg: WandbConfig) -> Non
                 publish_job(wandb_cfg, job_dir, runs_root(job_dir), metrics=metrics)
 
 
+def stop_on_ctrl_c() -> None:
+    """Ctrl-C always ends the analysis (exit 130, one line): the default handler raises
+    KeyboardInterrupt wherever Python is, and one raised in a weakref callback or a ``__del__``
+    is only printed ("Exception ignored ...") while the analysis runs on, so such a one is
+    raised again in the main thread."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _thread.interrupt_main()
+        else:
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    # mauve-text imports faiss, whose loader logs (INFO) each failed try of an optimised build
+    # before the plain one loads: the expected fallback, twelve lines of tracebacks
+    logging.getLogger("faiss").setLevel(logging.WARNING)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     dirs = [Path(a) for a in argv if "=" not in a]
@@ -227,8 +271,7 @@ def main(argv: list[str]) -> None:
         validate(dirs, cfg)
         analyse(dirs, cfg)
     except KeyboardInterrupt:
-        log.error("interrupted: the job dirs are untouched (the analysis only reads them); "
-                  "re-running the same command redoes the tables from its caches.")
+        log.error("%s", INTERRUPTED)
         sys.exit(130)
     except (ValueError, FileNotFoundError, DuplicateMismatch) as error:
         if debug:
@@ -238,4 +281,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    stop_on_ctrl_c()
     main(sys.argv[1:])

@@ -1,7 +1,9 @@
 """``python -m harness``: the Hydra entry point (one job per config; ``-m`` for grids).
 
 Input mistakes end in one line naming the key, the value and what to do, and exit 1 (a full
-traceback with ``HYDRA_FULL_ERROR=1``). In a multirun a failed job raises ``JobFailed`` instead
+traceback with ``HYDRA_FULL_ERROR=1``); those found without the model and the data are found
+before Hydra writes anything (``harness.preflight``), so a refused run changes no file. In a
+multirun a failed job raises ``JobFailed`` instead
 of exiting, so the launcher goes on with the other jobs; SIGTERM and SIGINT still stop the
 whole run (exit 128 + signal), every finished batch written."""
 
@@ -38,6 +40,9 @@ def job_dirname(method: str, overrides: str) -> str:
 # (`hydra/launcher=submitit_slurm` gets our one-GPU-per-job preset), so Hydra validates it
 # against the plugin's schema of the same name and warns that this is deprecated.
 warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema")
+# A full disk also fails the job's log file (on the same disk): logging would print a traceback
+# for every line it could not write there, burying the job's own line (still on the console).
+logging.raiseExceptions = False
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 ConfigStore.instance().store(name="job_schema", node=JobConfig)
 
@@ -72,10 +77,13 @@ def main(cfg: DictConfig) -> None:
         log.error("job %s interrupted: records written so far are kept; re-running the same "
                   "command resumes.", job_dir)
         sys.exit(128 + signal.SIGINT)
-    except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError,
+    except (ValueError, FloatingPointError, OSError, RuntimeError,
             OmegaConfBaseException) as error:
         kept = " Records written before it are kept." if isinstance(
             error, FloatingPointError) else ""
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+            kept = (" Free space (or make the dir writable), then re-run the same command to "
+                    "resume; records written before it are kept.")
         message = f"job {job_dir.name}: {one_line(error)}{kept}"
         if multirun:
             log.error("%s", message)

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -184,6 +185,48 @@ def check_dataset(cfg: DatasetConfig) -> None:
                                                                           stat.st_mtime_ns)):
         raise ValueError(f"dataset.data_files={files!r}: the file is empty; give a file with "
                          f"one document per line (a {cfg.text_field!r} field for json).")
+    if cfg.path == "json":
+        _check_json_lines(path, cfg.text_field, stat.st_size, stat.st_mtime_ns)
+
+
+@cache  # by size and mtime, as _has_text
+def _check_json_lines(path: Path, field: str, size: int, mtime_ns: int) -> None:
+    """In a JSON Lines file (``.jsonl``, or a first line that is an object), every line must be
+    an object whose ``field`` is a text: datasets' own errors name neither the file nor the
+    line (a number is "Column() changed from object to string in row 0", a list a tokenizer
+    traceback). A whole-file JSON document is left to datasets."""
+    key = f"dataset.text_field={field!r}"
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"dataset.data_files={str(path)!r}, line {number}"
+            try:
+                document = json.loads(line)
+            except json.JSONDecodeError as error:
+                if number == 1 and path.suffix != ".jsonl":
+                    return  # not JSON Lines: one JSON document over many lines
+                raise ValueError(f"{where}: not valid JSON ({error.msg}, column {error.colno}); "
+                                 f"give one object per line, e.g. {{\"{field}\": \"...\"}}."
+                                 ) from None
+            if not isinstance(document, dict):
+                raise ValueError(f"{where}: a {json_type(document)}, not an object with a "
+                                 f"{field!r} field ({key}).")
+            if field not in document:
+                raise ValueError(f"{where} has no {field!r} field ({key}; its keys: "
+                                 f"{list(document)}): set dataset.text_field to the field holding "
+                                 "the text, or fix the line.")
+            if not isinstance(document[field], str):
+                raise ValueError(f"{where}: {key} holds a {json_type(document[field])}, not a "
+                                 "text; give every document its text as a string.")
+
+
+def json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "list", str: "string"}.get(type(value), "number")
 
 
 @cache  # by size and mtime: every job of a sweep checks the same file
@@ -229,22 +272,46 @@ def load_documents(cfg: DatasetConfig):
     return ds
 
 
+def _tokenized(texts, tokenizer: PreTrainedTokenizerBase, cfg: DatasetConfig, batch: int = 256
+               ) -> Iterator[tuple[int, str, list[int]]]:
+    """(index, text, token ids) of every document, tokenized ``batch`` at a time."""
+    for start in range(0, len(texts), batch):
+        chunk = texts[start : start + batch]
+        for index, text in enumerate(chunk, start):
+            if not isinstance(text, str):
+                raise ValueError(f"dataset {cfg.name!r}, document {index}: dataset.text_field="
+                                 f"{cfg.text_field!r} holds {type(text).__name__} {text!r:.40}, "
+                                 "not a text.")
+        ids = tokenizer(chunk, add_special_tokens=False).input_ids
+        yield from zip(range(start, start + len(chunk)), chunk, ids, strict=True)
+
+
 @cache
 def _eligible_prompts(cfg_key: tuple, tokenizer: PreTrainedTokenizerBase, prompt_tokens: int,
                       new_tokens: int, limit: int | None) -> tuple[Prompt, ...]:
     cfg = DatasetConfig(**dict(cfg_key))
-    texts = load_documents(cfg)[cfg.text_field]
     prompts: list[Prompt] = []
-    batch = 256
-    for start in range(0, len(texts), batch):
-        chunk = texts[start : start + batch]
-        for offset, ids in enumerate(tokenizer(chunk, add_special_tokens=False).input_ids):
-            if len(ids) >= prompt_tokens + new_tokens:
-                head, tail = ids[:prompt_tokens], ids[prompt_tokens : prompt_tokens + new_tokens]
-                prompts.append(Prompt(start + offset, tuple(head), tokenizer.decode(head),
-                                      tokenizer.decode(tail)))
-                if limit is not None and len(prompts) == limit:
-                    return tuple(prompts)
+    blank = short = 0
+    for index, text, ids in _tokenized(load_documents(cfg)[cfg.text_field], tokenizer, cfg):
+        if len(ids) >= prompt_tokens + new_tokens:
+            head, tail = ids[:prompt_tokens], ids[prompt_tokens : prompt_tokens + new_tokens]
+            prompts.append(Prompt(index, tuple(head), tokenizer.decode(head),
+                                  tokenizer.decode(tail)))
+            if len(prompts) == limit:
+                break
+        elif text.strip():
+            short += 1
+        else:
+            blank += 1
+    needed = (f"{prompt_tokens + new_tokens} tokens (generation.prompt_tokens={prompt_tokens} + "
+              f"generation.max_new_tokens={new_tokens})")
+    if blank or short:
+        log.info("dataset %r: %d prompts; %d documents skipped before them (%d empty or "
+                 "whitespace, %d shorter than %s)", cfg.name, len(prompts), blank + short, blank,
+                 short, needed)
+    if prompts and limit is not None and len(prompts) < limit:
+        log.warning("dataset.limit=%d, but dataset %r has only %d documents of at least %s: "
+                    "running %d prompts.", limit, cfg.name, len(prompts), needed, len(prompts))
     return tuple(prompts)
 
 

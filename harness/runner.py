@@ -15,12 +15,14 @@ dataset and generation settings as one batched generation: rows = prompts x seed
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 import signal
 import socket
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -37,6 +39,7 @@ from transformers import StoppingCriteria
 from harness import decode, identity
 from harness.data import DatasetConfig, Prompt, check_dataset, load_prompts
 from harness.decode import Row
+from harness.estimate import warn_if_long
 from harness.models import DTYPES, ModelConfig, load_model
 from harness.records import JOB, LOCK, RECORDS, TIMING, open_append, parse, quarantine
 from harness.sampling import SAMPLER_VERSION
@@ -114,9 +117,10 @@ REQUIRED_EXAMPLES = {
 }
 
 
-def validate(cfg: DictConfig) -> Selector:
+def validate(cfg: DictConfig, here: bool = True) -> Selector:
     """Every check that needs no model and no dataset, so bad input fails in seconds, before
-    anything loads or any dir is touched."""
+    anything loads or any dir is touched. ``here=False``: the job runs elsewhere (a SLURM
+    node), so whether this machine sees its GPU is not checked."""
     for key, example in REQUIRED_EXAMPLES.items():  # before model.name: ${model.source}
         group, leaf = key.split(".")
         if OmegaConf.is_missing(cfg[group], leaf):
@@ -147,7 +151,7 @@ def validate(cfg: DictConfig) -> Selector:
     except RuntimeError:
         raise JobError(f"model.device={cfg.model.device!r} is not a device; use auto, cpu, cuda "
                        "or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if here and device.type == "cuda" and not torch.cuda.is_available():
         raise JobError(f"model.device={cfg.model.device!r} but no CUDA device is visible here; "
                        "use model.device=auto or cpu.")
     source = str(cfg.model.source)
@@ -158,6 +162,61 @@ def validate(cfg: DictConfig) -> Selector:
         return build_selector(cfg.selector)
     except ValueError as error:
         raise JobError(f"selector: {error}") from error
+
+
+def check_job_dir(cfg: DictConfig, job_dir: Path, dir_key: str) -> None:
+    """The checks of ``job_dir`` that write nothing, run before Hydra writes its ``.hydra/``
+    and log there (``harness.preflight``): it must not hold another config's records nor be
+    locked by another writer, and it (or the nearest dir above it that exists) must be
+    writable. ``dir_key``: the key that set the dir, for the message."""
+    records = job_dir / RECORDS
+    if records.is_file():
+        refuse_other_config(records, parse(records).records, config_hash(cfg))
+    lock = job_dir / LOCK
+    if lock.is_file():
+        with lock.open() as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JobError(held_message(job_dir, handle.read().strip())) from None
+            except OSError:
+                pass  # no flock on this file system: job_lock says so when the job runs
+            else:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    check_writable(job_dir, dir_key)
+
+
+def check_writable(job_dir: Path, dir_key: str) -> None:
+    """Create and remove a dir where Hydra will create the job dir: the one test that root's
+    permissions, read-only mounts and /proc all answer truthfully."""
+    existing = next(p for p in (job_dir, *job_dir.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=existing))
+    except OSError as error:
+        where = "" if existing == job_dir else f" ({existing} is where it would be created)"
+        raise JobError(f"{dir_key}: the job dir {job_dir} cannot be written{where}: "
+                       f"{error.strerror or error}; set {dir_key}=... to a writable dir.") from None
+
+
+def held_message(job_dir: Path, holder: str) -> str:
+    return (f"job dir {job_dir} is being written by {holder or 'another process'}. Two writers "
+            "would write every record twice: wait for that run to end (re-running then resumes) "
+            f"or stop it. If no such process exists (a dead node of a shared file system), "
+            f"delete {job_dir / LOCK}.")
+
+
+def refuse_other_config(path: Path, records: list[dict], expected_hash: str) -> None:
+    for record in records:
+        if record["config_hash"] != expected_hash:
+            raise JobError(
+                f"job dir {path.parent} holds records of a different config (hash "
+                f"{record['config_hash']}, this job is {expected_hash}; records of an older "
+                "sampler count as different). Its records are kept as they are: run this config "
+                "in another dir (hydra.run.dir=... or hydra.sweep.dir=...), or delete that dir to "
+                "start it over."
+            )
 
 
 @contextmanager
@@ -171,12 +230,7 @@ def job_lock(job_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise JobError(
-                f"job dir {job_dir} is being written by {holder}. Two writers would write every "
-                "record twice: wait for that run to end (re-running then resumes) or stop it. "
-                f"If no such process exists (a dead node of a shared file system), delete {path}."
-            ) from None
+            raise JobError(held_message(job_dir, handle.read().strip())) from None
         except OSError as error:
             raise JobError(
                 f"cannot lock {path} ({error}): this file system does not support flock (Lustre "
@@ -200,15 +254,7 @@ def read_records(path: Path, expected_hash: str, repair: bool = True
     ``repair=False`` (another job dir's file, not locked here: a shard's parent): the file is
     only read, its corrupt lines and torn last line skipped."""
     parsed = parse(path)
-    for record in parsed.records:
-        if record["config_hash"] != expected_hash:
-            raise JobError(
-                f"job dir {path.parent} holds records of a different config (hash "
-                f"{record['config_hash']}, this job is {expected_hash}; records of an older "
-                "sampler count as different). Its records are kept as they are: run this config "
-                "in another dir (hydra.run.dir=... or hydra.sweep.dir=...), or delete that dir to "
-                "start it over."
-            )
+    refuse_other_config(path, parsed.records, expected_hash)
     if repair and parsed.rejected:
         quarantine(path, parsed)
     elif repair and parsed.torn:
@@ -350,6 +396,8 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
         rows = [Row(job, prompt, seed) for job in jobs for seed in job.seeds for prompt in prompts
                 if (prompt.prompt_id, seed) not in job.done]
         total = sum(len(job.seeds) for job in jobs) * len(prompts)
+        warn_if_long(len(rows), gen.max_new_tokens, [job.dir for job in jobs],
+                     str(first.model.name), loaded.device)
         sizes = {job.cfg.generation.batch_size for job in jobs}
         batch_size = "auto" if "auto" in sizes else min(sizes)
         stop = StopOnSignal()

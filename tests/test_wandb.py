@@ -21,7 +21,7 @@ SWEEP = [*[a for a in TINY if a != "wandb=disabled"], "wandb=offline", "dataset.
          "selector=top_k,top_p", "hydra/launcher=fused", "sweep=named",
          "hydra.sweep.dir=elsewhere", "hydra.job.chdir=true"]
 ANALYSIS = ["elsewhere", "metrics.coherence.scorer=tiny", "metrics.mauve.kmeans_seeds=1",
-            "bootstrap.samples=200"]
+            "bootstrap.samples=1000"]
 
 
 def run(*args: str, cwd: Path) -> None:
