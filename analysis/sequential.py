@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
+from scipy.stats import t as student
 
 GRID = 401  # Simpson points per look: boundaries agree with gsDesign/rpact to ~1e-7
 SPAN = 10.0  # a grid never reaches further than mean ± SPAN sd of B(t)
@@ -208,6 +209,16 @@ def look_counts(pilot: int, max_prompts: int, looks: int) -> list[int]:
     return sorted({*raw.tolist(), pilot, max_prompts})
 
 
+def on_t_scale(boundary: float, prompts: int) -> float:
+    """The boundary for a z whose SE is estimated from ``prompts`` prompts: the Student t
+    quantile (prompts − 1 degrees of freedom) of the same nominal level. Jennison & Turnbull's
+    approximation for group-sequential t-tests; without it the heavier tails of an estimated
+    SE make early looks of a small pilot exceed their share of α."""
+    if not np.isfinite(boundary) or prompts < 2:
+        return boundary
+    return float(student.isf(norm.sf(boundary), prompts - 1))
+
+
 DIFFERENT, WITHIN, UNDECIDED, IDENTICAL = "different", "within ±δ", "undecided", "identical"
 
 
@@ -223,3 +234,17 @@ def decide(delta_hat: np.ndarray, se: np.ndarray, boundary: float, margin: float
     decision = np.where((low > 0) | (high < 0), DIFFERENT,
                         np.where((low > -margin) & (high < margin), WITHIN, UNDECIDED))
     return decision, low, high
+
+
+def first_decisions(delta_hat: np.ndarray, se: np.ndarray, bounds: Sequence[float],
+                    margin: float, prompts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """For ``[studies, looks]`` of estimates and SEs at successive looks (of ``prompts``
+    prompts each): each study's first decision and the look (0-based) it came at; a study
+    decided at no look is "undecided" at the last. What a study does, vectorised over
+    simulated studies."""
+    decisions = np.stack([decide(delta_hat[:, k], se[:, k], on_t_scale(c, n), margin)[0]
+                          for k, (c, n) in enumerate(zip(bounds, prompts, strict=True))],
+                         axis=1)
+    decided = decisions != UNDECIDED
+    look = np.where(decided.any(1), decided.argmax(1), len(bounds) - 1)
+    return decisions[np.arange(len(look)), look], look

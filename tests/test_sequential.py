@@ -5,6 +5,7 @@ the study's stopping rule by simulation on per-prompt paired differences of a re
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import norm
 
@@ -17,6 +18,7 @@ from analysis.sequential import (
     drift_for_power,
     exit_probabilities,
     expected_fraction,
+    first_decisions,
     inflation,
     look_counts,
     obrien_fleming,
@@ -24,6 +26,7 @@ from analysis.sequential import (
     spent,
     wang_tsiatis,
 )
+from tests.conftest import ROOT
 
 THIRDS = [1 / 3, 2 / 3, 1]
 
@@ -151,3 +154,81 @@ def test_decisions_from_the_repeated_confidence_interval():
     assert high.tolist() == pytest.approx([5.0, 0.3, 2.1, -0.5, 0.0])
     # a look that cannot stop decides nothing
     assert decide(np.array([9.0]), np.array([0.1]), math.inf, 1.0)[0].tolist() == [UNDECIDED]
+
+
+# ---- the stopping rule by simulation ----------------------------------------------------------
+
+PILOT = ROOT / "tests" / "data" / "pilot_differences.csv"
+STUDIES = 2000
+
+
+def pilot_differences() -> dict[tuple[str, str], np.ndarray]:
+    """Per-prompt paired differences (row - baseline) of a real pilot: SmolLM2 on Austen,
+    the seed comparison sweep at 48 prompts (how the file was made: its header)."""
+    frame = pd.read_csv(PILOT, comment="#")
+    return {key: group["difference"].to_numpy() for key, group in
+            frame.groupby(["comparison", "metric"])}
+
+
+def simulate(differences: np.ndarray, shift: float, looks: list[int], alpha: float,
+             spending: str, margin: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """STUDIES studies whose prompts are drawn from the pilot's differences, centred and
+    shifted to a true Δ of ``shift``; at each look the paired Δ̂ (a mean over prompts) and its
+    SE; each study's first decision and its look."""
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(differences - differences.mean(), size=(STUDIES, looks[-1])) + shift
+    total, squares = np.cumsum(draws, 1), np.cumsum(draws ** 2, 1)
+    n = np.array(looks)
+    mean = total[:, n - 1] / n
+    se = np.sqrt((squares[:, n - 1] - n * mean ** 2) / (n - 1) / n)
+    bounds = boundaries(n / n[-1], alpha, spending)
+    return first_decisions(mean, se, bounds, margin, looks)
+
+
+def design(differences: np.ndarray, alpha: float, spending: str, power: float = 0.8,
+           ) -> tuple[float, int, list[int]]:
+    """δ such that a fixed design needs 200 prompts, that n, and the looks (pilot 20,
+    geometric, 4 looks) up to the sequential design's n_max = inflation x the fixed n."""
+    sd = differences.std()
+    fixed = 200
+    delta = (norm.isf(alpha / 2) + norm.ppf(power)) * sd / math.sqrt(fixed)
+    looks = look_counts(20, fixed, 4)  # the fractions; rescaled to n_max below
+    ratio = inflation(boundaries(np.array(looks) / looks[-1], alpha, spending),
+                      np.array(looks) / looks[-1], alpha, power)
+    n_max = math.ceil(ratio * fixed)
+    return delta, fixed, look_counts(20, n_max, 4)
+
+
+@pytest.mark.parametrize("spending", ["obrien_fleming", "pocock"])
+def test_no_difference_is_called_different_at_most_at_the_level(spending):
+    for number, (key, differences) in enumerate(pilot_differences().items()):
+        delta, _, looks = design(differences, 0.05, spending)
+        decision, _ = simulate(differences, 0.0, looks, 0.05, spending, delta, number)
+        # 2,000 studies: the Monte Carlo sd of a 5% rate is 0.5 points
+        assert (decision == DIFFERENT).mean() <= 0.06, (key, (decision == DIFFERENT).mean())
+
+
+@pytest.mark.parametrize("spending", ["obrien_fleming", "pocock"])
+def test_a_true_difference_of_delta_has_the_planned_power_on_fewer_prompts(spending):
+    for number, (key, differences) in enumerate(pilot_differences().items()):
+        delta, fixed, looks = design(differences, 0.05, spending)
+        decision, look = simulate(differences, delta, looks, 0.05, spending, delta, 100 + number)
+        power = (decision == DIFFERENT).mean()
+        # the plan's 80% within 2 Monte Carlo sds (0.9 points)
+        assert power >= 0.8 - 0.018, (key, power)
+        expected_prompts = np.array(looks)[look].mean()
+        assert expected_prompts < fixed, (key, expected_prompts, fixed)
+        # a comparison decided within ±δ at Δ = δ is a wrong decision: the repeated interval
+        # covers Δ at every look with probability 1 - α, so this stays under the level
+        assert (decision == WITHIN).mean() <= 0.06, (key, (decision == WITHIN).mean())
+
+
+def test_no_difference_is_often_decided_within_delta():
+    """At Δ = 0 the last look's repeated interval is about ±0.7δ wide (c_K·SE at n_max, with
+    δ = 2.8 SE of the fixed n), so it lies inside (−δ, δ) when |Δ̂| < 0.3δ: about 60% of
+    studies. Showing equivalence takes more prompts than detecting δ."""
+    for number, (key, differences) in enumerate(pilot_differences().items()):
+        delta, _, looks = design(differences, 0.05, "obrien_fleming")
+        decision, _ = simulate(differences, 0.0, looks, 0.05, "obrien_fleming", delta,
+                               200 + number)
+        assert 0.5 <= (decision == WITHIN).mean() <= 0.75, (key, (decision == WITHIN).mean())
