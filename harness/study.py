@@ -69,8 +69,10 @@ from harness.sweep import SweepFileError, load_sweep, sweep_path
 log = logging.getLogger("study")
 CONF = Path(__file__).resolve().parent.parent / "conf"
 STATE, TABLE, REPORT = "study.json", "study.csv", "study.md"
+STUDY_RUN_ID = "wandb_study_run_id"  # in the sweep dir: the study's W&B run
 LOOKS_DIR = ".study"  # in the sweep dir: the sweep file of each look's launch
 SPENDING_NAMES = {"obrien_fleming": "O'Brien–Fleming", "pocock": "Pocock"}
+FREE = ("wandb", "generation.batch_size=", "hydra/launcher=", "hydra.launcher.")
 STOPPABLE = [m for m in PLANNABLE if m != "mauve"]  # MAUVE's swap test has no z statistic
 
 
@@ -167,6 +169,8 @@ class Command:
         study = [a for a in rest if a.startswith(("study.", "study="))]
         analysis = [a.removeprefix("analysis.") for a in rest if a.startswith("analysis.")]
         sweep = [a for a in rest if a not in study and not a.startswith("analysis.")]
+        if not any(a.startswith("wandb") for a in analysis):  # one W&B choice for both
+            analysis += [a for a in sweep if a.startswith("wandb=")][-1:]
         for override in sweep:
             if override.startswith("dataset.limit="):
                 raise ValueError(f"{override}: the study sets dataset.limit itself (study.pilot, "
@@ -270,9 +274,13 @@ class Study:
                             "design": None}
 
     def identity(self) -> dict:
-        return {"sweep": self.command.sweep, "sweep_overrides": self.command.sweep_overrides,
+        """What a re-run must repeat to continue this study: not the settings that never
+        change a record (W&B, batch size, launcher), which a resume may change."""
+        kept = [o for o in self.command.sweep_overrides if not o.startswith(FREE)]
+        return {"sweep": self.command.sweep, "sweep_overrides": kept,
                 "study": dataclasses.asdict(self.cfg),
-                "analysis_overrides": self.command.analysis_overrides}
+                "analysis_overrides": [o for o in self.command.analysis_overrides
+                                       if not o.startswith(FREE)]}
 
     # -- state on disk --
     def load(self) -> None:
@@ -331,7 +339,8 @@ class Study:
             name, extra = str(self.look_sweep(k, [jobs[c] for c in configs])), []
         started, cpu = time.time(), time.process_time()
         children = os.times()
-        log.info("look %d: %d prompts for %d configurations", k + 1, n, len(configs))
+        log.info("look %d: %d prompts for %s", k + 1, n,
+                 f"{len(configs)} configurations" if k else "every configuration (the pilot)")
         run_sweep([name, *self.command.sweep_overrides, *extra, f"dataset.limit={n}"])
         after = os.times()
         return {"seconds": time.time() - started,
@@ -386,14 +395,18 @@ class Study:
                 result = compare_rows(cache[c.config], base_stats, c.metric,
                                       BootstrapConfig(samples=self.cfg.bootstrap_samples,
                                                       seed=self.cfg.seed + k))
-                c.delta_hat, c.se = result.delta * scale, result.se * scale
-                decision, low, high = sequential.decide(np.array([c.delta_hat]),
-                                                        np.array([c.se]), boundary, c.delta)
+                # the plug-in bootstrap variance is (n - 1)/n of the unbiased one
+                unbiased = math.sqrt(result.prompts / max(result.prompts - 1, 1))
+                c.delta_hat, c.se = result.delta * scale, result.se * scale * unbiased
+                decision, low, high = sequential.decide(
+                    np.array([c.delta_hat]), np.array([c.se]),
+                    sequential.on_t_scale(boundary, result.prompts), c.delta)
                 c.decision, c.low, c.high = str(decision[0]), float(low[0]), float(high[0])
             c.look, c.n, c.alpha_spent = k + 1, n, alpha_spent
         self.state["comparisons"] = [dataclasses.asdict(c) for c in comparisons]
         return {"look": k + 1, "n": n, "fraction": fractions[-1], "final": final,
-                "boundary": boundary, "alpha_spent": alpha_spent,
+                "boundary": boundary, "boundary_t": sequential.on_t_scale(boundary, n),
+                "alpha_spent": alpha_spent,
                 "decided": sum(c.decided for c in comparisons)}
 
     def growing(self) -> list[str]:
@@ -515,7 +528,8 @@ def render(study: Study, frame: pd.DataFrame, fixed: dict) -> str:
     lines = [f"# Study of sweep {study.command.sweep}", "",
              shown.to_markdown(index=False, floatfmt=".3g"), ""]
     rows = [{"look": look["look"], "prompts": look["n"], "configurations grown": look["grown"],
-             "boundary |z|": f"{look['boundary']:.3f}", "α spent (per comparison)":
+             "boundary |z|": f"{look['boundary']:.3f}",
+             "on the t scale": f"{look['boundary_t']:.3f}", "α spent (per comparison)":
              f"{look['alpha_spent']:.2g}", "decided": look["decided"],
              "seconds": f"{look['seconds']:.0f}", "CPU s": f"{look['cpu_seconds']:.0f}"}
             for look in looks]
@@ -552,6 +566,40 @@ def write_outputs(study: Study, jobs: dict[str, Job]) -> None:
         temporary = study.dir / f".{name}.tmp"
         temporary.write_text(text)
         os.replace(temporary, study.dir / name)
+    log_study(study, frame, fixed)
+
+
+def log_study(study: Study, frame: pd.DataFrame, fixed: dict) -> None:
+    """The study's one W&B run (job type ``study``, the sweep's group), written whole after
+    every look: the decisions table, the looks and the cost. Its own run, not the analyze
+    run's: an analysis rewrites that one whole (offline, deleting its earlier folders)."""
+    from harness.tracking import replace_earlier, wandb_run
+
+    id_file = study.dir / STUDY_RUN_ID
+    group = sweep_path(study.command.sweep).stem
+    with wandb_run(study.analysis.wandb, study.dir,
+                   id=id_file.read_text().strip() if id_file.exists() else None,
+                   resume="allow", job_type="study", group=group, name=f"study-{group}",
+                   config=study.state["command"]) as run:
+        if run is None:
+            return
+        import wandb
+
+        id_file.write_text(run.id)
+        looks = pd.DataFrame(study.state["looks"])
+        run.log({"study": wandb.Table(dataframe=frame.astype(object).where(frame.notna(),
+                                                                            None)),
+                 "looks": wandb.Table(dataframe=looks)})
+        counts = frame["decision"].value_counts()
+        run.summary_update({**{f"decisions/{d}": int(counts.get(d, 0)) for d in (
+            sequential.DIFFERENT, sequential.WITHIN, sequential.IDENTICAL,
+            sequential.UNDECIDED)}, "looks_done": len(looks), "tokens": fixed["study_tokens"],
+            "seconds": fixed["study_seconds"], "fixed_n": fixed["n"],
+            "fixed_tokens": fixed["tokens"]})
+        offline, folder = run.wandb_run.offline, Path(run.wandb_run.settings.sync_dir)
+        complete = not run.failed
+    if offline and complete:
+        replace_earlier(study.dir, run.id, folder)
 
 
 # ---- entry -----------------------------------------------------------------------------------

@@ -15,7 +15,14 @@ import pytest
 import yaml
 
 import harness.sweep
-from analysis.sequential import DIFFERENT, IDENTICAL, UNDECIDED, WITHIN, boundaries
+from analysis.sequential import (
+    DIFFERENT,
+    IDENTICAL,
+    UNDECIDED,
+    WITHIN,
+    boundaries,
+    on_t_scale,
+)
 from harness.records import RECORDS
 from harness.study import StudyConfig, main, planned_looks
 from tests.conftest import ROOT, TINY
@@ -115,7 +122,7 @@ def test_the_boundaries_are_the_designs_and_the_intervals_use_them(study):
         assert look["boundary"] == pytest.approx(planned[look["look"] - 1])
     for c in state["comparisons"]:
         if c["decision"] not in (IDENTICAL,) and c["se"] > 0:
-            c_k = planned[c["look"] - 1]
+            c_k = on_t_scale(planned[c["look"] - 1], c["n"])  # an SE from n prompts
             assert c["low"] == pytest.approx(c["delta_hat"] - c_k * c["se"])
     markdown = (sweep / "study.md").read_text()
     assert "fixed-n plan" in markdown.splitlines()[-1]
@@ -210,3 +217,26 @@ def test_a_real_kill_and_the_same_command_finish_the_study(tmp_path):
     for job, data in before.items():
         cut = data[:data.rfind(b"\n") + 1]  # a torn last line is cut off by the runner
         assert records(sweep)[job].startswith(cut), job
+
+
+def test_the_study_is_logged_to_its_own_wandb_run(study):
+    """Re-running a finished study launches nothing; W&B (a setting a resume may change) gets
+    the study's run: the decisions table and their counts, in the sweep's group."""
+    from tests.wandb_files import read_runs
+
+    sweep, _, _ = study
+    before = records(sweep)
+    cwd = os.getcwd()
+    os.chdir(sweep.parent.parent)
+    try:
+        main([a.replace("wandb=disabled", "wandb=offline") for a in STUDY])
+    finally:
+        os.chdir(cwd)
+    assert records(sweep) == before
+    (run,) = read_runs(sweep / "wandb")
+    assert (run.job_type, run.group, run.name) == ("study", "mini", "study-mini")
+    assert (sweep / "wandb_study_run_id").read_text() == run.id
+    decisions = pd.read_csv(sweep / "study.csv")["decision"].value_counts()
+    for decision in (IDENTICAL, WITHIN, DIFFERENT, UNDECIDED):
+        assert run.summary[f"decisions/{decision}"] == decisions.get(decision, 0)
+    assert run.summary["study/_type"] == "table-file" and run.summary["study/nrows"] == 3
