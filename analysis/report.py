@@ -133,7 +133,7 @@ def data_uri(path: Path) -> str:
 
 
 def render(summary: pd.DataFrame, samples: list[SamplePrompt], plots: list[Path], notes: list[str],
-           title: str, plan: pd.DataFrame | str | None = None) -> str:
+           title: str, plan: pd.DataFrame | str | None = None, study: str | None = None) -> str:
     headers, runs, humans = table(summary)
     if not any("minimum detectable" in note.lower() for note in notes):
         mde = {m: minimum_detectable(summary, m, 0.95) * METRICS[m].scale for m in SHOWN
@@ -154,18 +154,21 @@ def render(summary: pd.DataFrame, samples: list[SamplePrompt], plots: list[Path]
     return environment.from_string(TEMPLATE).render(
         title=title, headers=headers, runs=runs, humans=humans, notes=notes,
         plots=[(p.stem.replace("_", " "), data_uri(p)) for p in plots], plan=plan,
-        samples=samples, isnan=lambda v: isinstance(v, float) and math.isnan(v), json=json)
+        study=f"<pre>{markupsafe.escape(study)}</pre>" if study else None, samples=samples,
+        isnan=lambda v: isinstance(v, float) and math.isnan(v), json=json)
 
 
 def write_report(summary: pd.DataFrame, jobs: list[Job], out: Path, cfg: ReportConfig,
                  plots: list[Path], notes: list[str], plan: pd.DataFrame | None = None) -> Path:
     """``out/report.html``; the plan is ``plan`` or, where it is None, ``out/plan.md`` if the
-    analysis wrote one."""
+    analysis wrote one; a study's decisions (``python -m harness.study``: ``out/study.md``)
+    where one ran in ``out``."""
     if plan is None and (out / "plan.md").exists():
         plan = (out / "plan.md").read_text()
+    study = (out / "study.md").read_text() if (out / "study.md").exists() else None
     samples = sample_prompts(jobs, cfg.samples, baseline_selector(summary))
     path = out / "report.html"
-    path.write_text(render(summary, samples, plots, notes, out.name, plan))
+    path.write_text(render(summary, samples, plots, notes, out.name, plan, study))
     return path
 
 
@@ -219,7 +222,8 @@ mark.departs:empty::after { content: "■"; color: #c60; }
 <body>
 <h1>Decoding comparison: {{ title }}</h1>
 <nav><a href="#table">Table</a>{% if plots %} · <a href="#plots">Plots</a>{% endif %}
-{%- if plan %} · <a href="#plan">Plan</a>{% endif %} · <a href="#samples">Samples</a></nav>
+{%- if plan %} · <a href="#plan">Plan</a>{% endif %}
+{%- if study %} · <a href="#study">Study</a>{% endif %} · <a href="#samples">Samples</a></nav>
 
 <h2 id="table">Table</h2>
 <p class="legend">Click a column to sort. Small type: the interval (MAUVE: ± std); Δ against the
@@ -252,6 +256,9 @@ significantly better than the runner-up.</p>
 
 {% if plan %}<h2 id="plan">Plan</h2>
 <div class="scroll">{{ plan | safe }}</div>{% endif %}
+
+{% if study %}<h2 id="study">Study: decisions look by look</h2>
+<div class="scroll">{{ study | safe }}</div>{% endif %}
 
 <h2 id="samples">Samples</h2>
 <p class="legend">The first {{ samples | length }} prompts, one seed. Configurations with identical

@@ -551,7 +551,7 @@ def render(study: Study, frame: pd.DataFrame, fixed: dict) -> str:
         f"user + sys); the fixed-n plan for the same δs, level and {study.cfg.power:.0%} "
         f"power (from the pilot's SEs) needs {fixed['n']} prompts for every configuration: "
         f"{fixed['tokens']:,.0f} tokens, about {fixed['seconds']:.0f} s at the study's rate"
-        + (f" ({fixed['study_tokens'] / fixed['tokens']:.0%} of it used)."
+        + (f": the study used {fixed['study_tokens'] / fixed['tokens']:.0%} of its tokens."
            if fixed["tokens"] else ".")]
     return "\n".join(lines) + "\n"
 
@@ -625,8 +625,9 @@ def main(argv: list[str]) -> None:
         sys.exit(130)
     except SystemExit as stop:
         if stop.code:
-            log.error("a launch failed (above); re-running the same command continues the "
-                      "study from its last complete look.")
+            why = "interrupted" if stop.code == 130 else "a launch failed (above)"
+            log.error("%s; re-running the same command continues the study from its last "
+                      "complete look (%s).", why, study.dir / STATE)
         raise
 
 

@@ -266,3 +266,7 @@ def test_report_is_one_file_with_the_plan_and_no_outside_reference(tmp_path):
     assert "<td>412</td>" in html and "x &lt;y&gt;" in html  # the plan, escaped
     # where the notes lack it: 2.8 x the median SE, SE = width / (2 x 1.96): 2.8 x 0.3 / 3.92
     assert "a note" in html and "Coherence 0.214" in html
+    assert 'id="study"' not in html
+    study = "| top_p | diversity | 2 | different | look 2 <n=80> |"  # study.md, escaped
+    html = render(summary, [], [figure], ["a note"], "sweep", plan, study)
+    assert 'href="#study"' in html and "look 2 &lt;n=80&gt;" in html
