@@ -197,8 +197,9 @@ def test_a_real_kill_and_the_same_command_finish_the_study(tmp_path):
     written before the kill stays, and the study ends as an uninterrupted one would."""
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(GRIDS))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "harness.study", *STUDY, "study.max_prompts=40",
-               "study.looks=[4,40]"]
+    command = [sys.executable, "-m", "harness.study",
+               *[a for a in STUDY if not a.startswith(("study.max_prompts", "study.looks"))],
+               "study.max_prompts=40", "study.looks=[4,40]"]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     sweep = tmp_path / "multirun" / "mini"
