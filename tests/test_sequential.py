@@ -163,8 +163,9 @@ STUDIES = 2000
 
 
 def pilot_differences() -> dict[tuple[str, str], np.ndarray]:
-    """Per-prompt paired differences (row - baseline) of a real pilot: SmolLM2 on Austen,
-    the seed comparison sweep at 48 prompts (how the file was made: its header)."""
+    """Per-prompt paired differences (row - baseline) of a real pilot: the bundled SmolLM2 on
+    Austen, the README's study walkthrough at 32 prompts (how the file was made: its
+    header)."""
     frame = pd.read_csv(PILOT, comment="#")
     return {key: group["difference"].to_numpy() for key, group in
             frame.groupby(["comparison", "metric"])}
