@@ -167,8 +167,9 @@ def analyse(sweep_dirs: list[Path], cfg: AnalysisConfig) -> pd.DataFrame:
                                          ["method", *parameters(jobs), *settings(jobs), "model",
                                           "dataset", "max_new_tokens"], staging)
         write_samples(summary, jobs, staging, cfg.table.latex)
+        study = out / "study.md"  # python -m harness.study's decisions, where one ran here
         report = write_report(summary, jobs, staging, cfg.report, plots, notes, plan_markdown,
-                              cfg.table.latex)
+                              cfg.table.latex, study.read_text() if study.exists() else None)
     plots, report = [out / "plots" / p.name for p in plots], out / report.name
     log_analysis(cfg, out, jobs, summary, per_seed, plots, report, plan)
     if cfg.write_back:

@@ -155,8 +155,10 @@ def plan_html(markdown: str) -> str:
 
 
 def render(summary: pd.DataFrame, samples: list[SamplePrompt], plots: list[Path], notes: list[str],
-           title: str, plan: str | None = None, first: list[str] | None = None) -> str:
-    """The page; ``plan``: the text of ``plan.md``; ``first``: the metrics shown unfolded."""
+           title: str, plan: str | None = None, first: list[str] | None = None,
+           study: str | None = None) -> str:
+    """The page; ``plan``: the text of ``plan.md``; ``first``: the metrics shown unfolded;
+    ``study``: the text of ``study.md``."""
     headers, runs, humans = table(summary, first)
     if not any("minimum detectable" in note.lower() for note in notes):
         mde = {m: minimum_detectable(summary, m, 0.95) * METRICS[m].scale for m in SHOWN
@@ -178,18 +180,20 @@ def render(summary: pd.DataFrame, samples: list[SamplePrompt], plots: list[Path]
         title=title, headers=headers, runs=runs, humans=humans, notes=notes,
         folded=[h.text for h in headers if h.folded and not h.text.startswith("Δ")],
         plots=[(p.stem.replace("_", " "), data_uri(p)) for p in plots], plan=plan,
-        samples=samples, isnan=lambda v: isinstance(v, float) and math.isnan(v), json=json)
+        study=plan_html(study) if study else None, samples=samples,
+        isnan=lambda v: isinstance(v, float) and math.isnan(v), json=json)
 
 
 def write_report(summary: pd.DataFrame, jobs: list[Job], out: Path, cfg: ReportConfig,
                  plots: list[Path], notes: list[str], plan: str | None = None,
-                 latex: LatexConfig | None = None) -> Path:
+                 latex: LatexConfig | None = None, study: str | None = None) -> Path:
     """``out/report.html``; ``plan``: the text of plan.md; the metrics of ``latex`` (the paper
-    table's) come first in the table."""
+    table's) come first in the table; ``study``: the text of a study's ``study.md``
+    (``python -m harness.study``), where one ran in the sweep dir."""
     samples = sample_prompts(jobs, cfg.samples, baseline_selector(summary))
     path = out / "report.html"
     path.write_text(render(summary, samples, plots, notes, out.name, plan,
-                           list((latex or LatexConfig()).metrics)))
+                           list((latex or LatexConfig()).metrics), study))
     return path
 
 
@@ -231,10 +235,11 @@ ul.notes { color: #444; max-width: 75em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .plots figure { margin: 0; flex: 1 1 520px; max-width: 760px; }
 .plots img { width: 100%; }
-#plan-section table { border-collapse: collapse; margin: .5em 0 1em; }
-#plan-section th, #plan-section td { padding: .25em .6em; border-bottom: 1px solid #eee;
+#plan-section table, #study-section table { border-collapse: collapse; margin: .5em 0 1em; }
+#plan-section th, #plan-section td, #study-section th, #study-section td {
+  padding: .25em .6em; border-bottom: 1px solid #eee;
   vertical-align: top; max-width: 28em; }
-#plan-section th { background: #f6f6f8; }
+#plan-section th, #study-section th { background: #f6f6f8; }
 #plan-section td:first-child { white-space: nowrap; }
 #plan-section code { font-size: .85em; overflow-wrap: anywhere; }
 #plan-section ul { color: #444; max-width: 75em; }
@@ -255,7 +260,8 @@ mark.departs:empty::after { content: "■"; color: #c60; }
 <body>
 <h1>Decoding comparison: {{ title }}</h1>
 <nav><a href="#table">Table</a>{% if plots %} · <a href="#plots">Plots</a>{% endif %}
-{%- if plan %} · <a href="#plan">Plan</a>{% endif %} · <a href="#samples">Samples</a></nav>
+{%- if plan %} · <a href="#plan">Plan</a>{% endif %}
+{%- if study %} · <a href="#study">Study</a>{% endif %} · <a href="#samples">Samples</a></nav>
 
 <h2 id="table">Table</h2>
 <p class="legend">Click a column to sort. Small type: the interval (MAUVE: ± std); Δ against the
@@ -296,6 +302,9 @@ significantly better than the runner-up.
 
 {% if plan %}<h2 id="plan">Plan</h2>
 <div id="plan-section">{{ plan | safe }}</div>{% endif %}
+
+{% if study %}<h2 id="study">Study: decisions look by look</h2>
+<div id="study-section">{{ study | safe }}</div>{% endif %}
 
 <h2 id="samples">Samples</h2>
 <p class="legend">The first {{ samples | length }} prompts, one seed. Configurations with identical

@@ -320,6 +320,11 @@ def test_report_is_one_file_with_the_plan_as_tables_and_no_outside_reference(tmp
     assert "<script" not in plan_html("<script>alert(1)</script> | a |")
     # where the notes lack it: 2.8 x the median SE, SE = width / (2 x 1.96): 2.8 x 0.3 / 3.92
     assert "a note" in html and "Coherence 0.214" in html
+    assert 'id="study"' not in html
+    study = "| configuration | decision |\n|---|---|\n| top_p | different at look 2 <n=80> |"
+    html = render(summary, [], [figure], ["a note"], "sweep", markdown, study=study)
+    assert 'href="#study"' in html and "look 2 &lt;n=80&gt;" in html  # study.md, escaped
+    assert "<td>top_p</td>" in html  # its table as a table
 
 
 def test_the_paper_table_metrics_come_first_and_the_rest_fold():
