@@ -371,16 +371,17 @@ class Products:
     def __init__(self, wanted: list[Cell | Paired], resamples: Callable[[int], Resamples]):
         stacks: dict[tuple[str, int], dict[bytes, np.ndarray]] = {}
         for item in wanted:
-            for kind, sums in [("counts", item.sums), *([("counts", item.base),
-                               ("flips", item.base - item.sums)] if isinstance(item, Paired)
-                               else [])]:
+            needed = [("counts", item.sums)]
+            if isinstance(item, Paired):
+                needed += [("counts", item.base), ("flips", item.base - item.sums)]
+            for kind, sums in needed:
                 stacks.setdefault((kind, len(sums)), {})[self.key(sums)] = sums
         self.done: dict[tuple[str, bytes], np.ndarray] = {}
         for (kind, prompts), matrices in stacks.items():
             stacked = np.nan_to_num(np.hstack(list(matrices.values())))  # NaN: a part unused
             product = resamples(prompts).times(kind, stacked)
+            width = len(PART_COLUMNS)  # every sums matrix has one column per part
             for k, key in enumerate(matrices):
-                width = stacked.shape[1] // len(matrices)
                 self.done[kind, key] = product[:, k * width : (k + 1) * width]
 
     @staticmethod
