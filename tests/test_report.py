@@ -257,12 +257,14 @@ def test_report_is_one_file_with_the_plan_and_no_outside_reference(tmp_path):
     figure = tmp_path / "plot.png"
     plt.plot([0, 1]), plt.savefig(figure), plt.close()
     summary = summary_of({"coherence": [0.1, 0.2, 0.3]}, [math.nan, 0.01, 0.5]).assign(
-        delta_coherence_lo=[math.nan, 0.0, 0.0], delta_coherence_hi=[math.nan, 0.2, 0.4])
+        delta_coherence_lo=[math.nan, 0.0, 0.0], delta_coherence_hi=[math.nan, 0.2, 0.4],
+        se_coherence=[math.nan, 0.05, 0.1])
     plan = pd.DataFrame({"method": ["a"], "metric": ["coherence"], "delta": [0.05],
                          "n_needed": [412], "command": ["python -m harness.sweep x <y>"]})
     html = render(summary, [], [figure], ["a note"], "sweep", plan)
     assert re.findall(r"""(?:src|href)=["'](?!data:|#)""", html) == []
     assert html.count('src="data:image/png;base64,') == 1
     assert "<td>412</td>" in html and "x &lt;y&gt;" in html  # the plan, escaped
-    # where the notes lack it: 2.8 x the median SE, SE = width / (2 x 1.96): 2.8 x 0.3 / 3.92
-    assert "a note" in html and "Coherence 0.214" in html
+    # where the notes lack it: 2.8 x the median bootstrap SE of Δ, 2.8 x 0.075 (the one
+    # computation summary.md and summary.tex show: analysis.uncertainty.minimum_detectable)
+    assert "a note" in html and "Coherence 0.21" in html
