@@ -20,6 +20,7 @@ import jinja2
 import pandas as pd
 from markdown_it import MarkdownIt
 
+from analysis import uncertainty
 from analysis.latex import (
     METRICS,
     LatexConfig,
@@ -113,7 +114,7 @@ def table(summary: pd.DataFrame, first: list[str] | None = None,
         headers.append(Header(METRICS[m].header + (" ×100" if METRICS[m].scale == 100 else ""),
                               folded))
         if f"delta_{m}" in summary:
-            headers.append(Header(f"Δ {METRICS[m].header}", folded))
+            headers.append(Header(uncertainty.delta_label(m, METRICS[m].header), folded))
     runs, humans = [], []
     for group in reference_groups(summary):
         base = baseline_index(group)

@@ -341,7 +341,7 @@ def planned_tests(summary: pd.DataFrame, metrics: list[str]) -> int:
 
 
 @dataclass
-class Interval:
+class Cell:
     """A cell's interval to compute: row ``row``'s per-prompt sums over all its texts."""
 
     row: int
@@ -350,7 +350,7 @@ class Interval:
 
 
 @dataclass
-class Test:
+class Paired:
     """A Δ to compute: row ``row`` against the baseline on the (prompt, seed) pairs both have
     (``sums``, ``base``: per-prompt sums over those pairs); ``subset``: either row has texts
     outside them."""
@@ -368,19 +368,20 @@ class Products:
     with every distinct sums matrix the table needs side by side (the baseline's, which every
     comparison of its group shares, once), and one of its sign flips with every difference."""
 
-    def __init__(self, wanted: list[Interval | Test], resamples: Callable[[int], Resamples]):
+    def __init__(self, wanted: list[Cell | Paired], resamples: Callable[[int], Resamples]):
         stacks: dict[tuple[str, int], dict[bytes, np.ndarray]] = {}
         for item in wanted:
-            for kind, sums in [("counts", item.sums), *([("counts", item.base),
-                               ("flips", item.base - item.sums)] if isinstance(item, Test)
-                               else [])]:
+            needed = [("counts", item.sums)]
+            if isinstance(item, Paired):
+                needed += [("counts", item.base), ("flips", item.base - item.sums)]
+            for kind, sums in needed:
                 stacks.setdefault((kind, len(sums)), {})[self.key(sums)] = sums
         self.done: dict[tuple[str, bytes], np.ndarray] = {}
         for (kind, prompts), matrices in stacks.items():
             stacked = np.nan_to_num(np.hstack(list(matrices.values())))  # NaN: a part unused
             product = resamples(prompts).times(kind, stacked)
+            width = len(PART_COLUMNS)  # every sums matrix has one column per part
             for k, key in enumerate(matrices):
-                width = stacked.shape[1] // len(matrices)
                 self.done[kind, key] = product[:, k * width : (k + 1) * width]
 
     @staticmethod
@@ -393,7 +394,7 @@ class Products:
         return self.done[kind, self.key(sums)]
 
 
-def interval_columns(item: Interval, products: Products, level: float) -> dict[str, float]:
+def cell_columns(item: Cell, products: Products, level: float) -> dict[str, float]:
     """``<m>_lo``/``_hi`` of a cell."""
     replicated = products("counts", item.sums)
     out = {}
@@ -402,7 +403,7 @@ def interval_columns(item: Interval, products: Products, level: float) -> dict[s
     return out
 
 
-def test_columns(item: Test, products: Products, level: float) -> dict[str, float]:
+def paired_columns(item: Paired, products: Products, level: float) -> dict[str, float]:
     """``delta_<m>``, its interval, ``p_<m>`` and ``se_<m>`` of a comparison, and
     ``delta_subset``."""
     out = {"delta_subset": float(item.subset)}
@@ -417,15 +418,15 @@ def test_columns(item: Test, products: Products, level: float) -> dict[str, floa
     return out
 
 
-def cell_intervals(summary: pd.DataFrame, texts: dict[str, Texts]) -> list[Interval]:
+def cell_intervals(summary: pd.DataFrame, texts: dict[str, Texts]) -> list[Cell]:
     """The intervals of every row over all its texts (a prompt's seeds resampled together)."""
-    return [Interval(i, row_texts.metrics, row_texts.by_prompt()[1])
+    return [Cell(i, row_texts.metrics, row_texts.by_prompt()[1])
             for i, config in summary["config"].items()
             if (row_texts := texts.get(config)) is not None]
 
 
 def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
-                   rows: pd.Index) -> list[Test]:
+                   rows: pd.Index) -> list[Paired]:
     """Every row of ``rows`` against row ``base`` on their common (prompt, seed) pairs (those
     with any)."""
     out = []
@@ -437,7 +438,7 @@ def pairwise_tests(summary: pd.DataFrame, texts: dict[str, Texts], base: int,
             continue
         sums_a, sums_b, pairs = common_sums(mine, base_texts)
         if pairs:
-            out.append(Test(i, [m for m in mine.metrics if m in base_metrics], sums_a, sums_b,
+            out.append(Paired(i, [m for m in mine.metrics if m in base_metrics], sums_a, sums_b,
                             pairs < max(len(mine), len(base_texts))))
     return out
 
@@ -519,7 +520,7 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
     # one set of resamples per number of prompts, shared by every interval and test (and
     # drawn once: at 2,500 prompts and B = 10,000 each matrix is 100 MB)
     resamples = functools.cache(lambda prompts: Resamples.of(prompts, cfg, samples_test))
-    wanted: list[Interval | Test] = cell_intervals(summary, texts)
+    wanted: list[Cell | Paired] = cell_intervals(summary, texts)
     by_config = {job.config_id: job for job in jobs}
     baselines: list[str] = []
     without: list[str] = []  # rows of reference groups that lack the baseline
@@ -543,8 +544,8 @@ def add_uncertainty(summary: pd.DataFrame, per_text: pd.DataFrame, jobs: list[Jo
     columns: dict[int, dict[str, float]] = {}
     for item in wanted:
         columns.setdefault(item.row, {}).update(
-            interval_columns(item, products, cfg.level) if isinstance(item, Interval)
-            else test_columns(item, products, cfg.level))
+            cell_columns(item, products, cfg.level) if isinstance(item, Cell)
+            else paired_columns(item, products, cfg.level))
     added = pd.DataFrame.from_dict(columns, orient="index")
     for part in mauve_parts:  # each covers some rows (one reference group)
         added = added.combine_first(part.astype(float))

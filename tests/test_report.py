@@ -303,7 +303,8 @@ def test_report_is_one_file_with_the_plan_as_tables_and_no_outside_reference(tmp
     figure = tmp_path / "plot.png"
     plt.plot([0, 1]), plt.savefig(figure), plt.close()
     summary = summary_of({"coherence": [0.1, 0.2, 0.3]}, [math.nan, 0.01, 0.5]).assign(
-        delta_coherence_lo=[math.nan, 0.0, 0.0], delta_coherence_hi=[math.nan, 0.2, 0.4])
+        delta_coherence_lo=[math.nan, 0.0, 0.0], delta_coherence_hi=[math.nan, 0.2, 0.4],
+        se_coherence=[math.nan, 0.05, 0.1])
     markdown = plan_markdown()
     html = render(summary, [], [figure], ["a note"], "sweep", markdown)
     assert re.findall(r"""(?:src|href)=["'](?!data:|#)""", html) == []
@@ -318,8 +319,9 @@ def test_report_is_one_file_with_the_plan_as_tables_and_no_outside_reference(tmp
     assert "<strong>coherence</strong>" in plan and "**" not in plan and "<pre>" not in plan
     assert "<li>a plan note</li>" in plan and "x &lt;y&gt;" in plan  # escaped
     assert "<script" not in plan_html("<script>alert(1)</script> | a |")
-    # where the notes lack it: 2.8 x the median SE, SE = width / (2 x 1.96): 2.8 x 0.3 / 3.92
-    assert "a note" in html and "Coherence 0.214" in html
+    # where the notes lack it: 2.8 x the median bootstrap SE of Δ, 2.8 x 0.075 (the one
+    # computation summary.md and summary.tex show: analysis.uncertainty.minimum_detectable)
+    assert "a note" in html and "Coherence 0.21" in html
     assert 'id="study"' not in html
     study = "| configuration | decision |\n|---|---|\n| top_p | different at look 2 <n=80> |"
     html = render(summary, [], [figure], ["a note"], "sweep", markdown, study=study)
