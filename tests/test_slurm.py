@@ -3,6 +3,7 @@ layout and merge on disk, a local run, and the SLURM integration tests against t
 cluster of tests/slurm/cluster.sh (``-m slurm``; ``make test-slow`` and CI run them)."""
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -32,6 +33,123 @@ def lines(path: Path) -> list[str]:
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True,
                           text=True, env=ENV)
+
+
+# --- cold caches: asset builds racing each other (harness.assets.build_once) --------------------
+
+def build_in_processes(build, count: int = 2, umask: int = 0o027) -> list[str]:
+    """Run ``build()`` in ``count`` forked processes that start together (a barrier) under
+    ``umask``; returns what each returned, or its error."""
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(count), context.Queue()
+
+    def child() -> None:
+        os.umask(umask)
+        barrier.wait()
+        try:
+            results.put(str(build()))
+        except Exception as error:  # reported to the test, which names it
+            results.put(f"error: {error!r}")
+
+    processes = [context.Process(target=child) for _ in range(count)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(300)
+    return sorted(results.get(timeout=5) for _ in processes)
+
+
+def slow_folder(builds):
+    def write(out: Path) -> None:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        time.sleep(0.5)  # both builders are inside the build at once
+        (out / "weights").write_bytes(os.urandom(1000))
+        builds.put(out.parent.name)
+    return write
+
+
+@pytest.mark.parametrize("lock", ["lock", "no flock on this file system"])
+def test_two_cold_builds_at_once_both_succeed_and_leave_one_copy(tmp_path, monkeypatch, lock):
+    """Two builders of one folder at once: both return it, one copy stays, no temporary
+    left, its files have the umask's modes. With the lock the second waits and builds nothing;
+    without it (a file system with no flock) both build and the second rename loses."""
+    from contextlib import nullcontext
+
+    from harness import assets
+
+    if lock != "lock":
+        monkeypatch.setattr(assets, "parent_lock", lambda folder: nullcontext())
+    builds = multiprocessing.get_context("fork").Queue()
+    target = tmp_path / "models" / "model"
+    results = build_in_processes(lambda: assets.build_once(target, slow_folder(builds)))
+    assert results == [str(target)] * 2
+    assert os.listdir(target.parent) == ["model"]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights"]
+    made = []
+    while not builds.empty():
+        made.append(builds.get())
+    assert len(made) == (1 if lock == "lock" else 2)
+    assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {oct(0o640)}
+    assert oct(target.stat().st_mode & 0o777) == oct(0o750)
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path):
+    from harness.assets import build_once
+
+    def broken(out: Path) -> None:
+        out.mkdir()
+        (out / "half").write_text("x")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        build_once(tmp_path / "cache" / "model", broken)
+    assert os.listdir(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("corpus", ["tiny", "synthetic"])
+def test_every_bundled_corpus_builds_once_under_a_cold_race(tmp_path, monkeypatch, corpus):
+    from harness.data import BUNDLED
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    results = build_in_processes(BUNDLED[f"bundled:{corpus}"], count=3)
+    target = tmp_path / "data" / f"{corpus}.jsonl"
+    assert results == [str(target)] * 3 and os.listdir(tmp_path / "data") == [target.name]
+    assert oct(target.stat().st_mode & 0o777) == oct(0o640)
+    # the same corpus as a build alone (generated from a fixed seed)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "alone"))
+    assert BUNDLED[f"bundled:{corpus}"]().read_bytes() == target.read_bytes()
+
+
+@pytest.mark.slow
+def test_two_cold_smollm2_builds_at_once_make_one_readable_copy(tmp_path):
+    """The real build: two processes convert the bundled GGUF into one empty cache at once
+    (as array tasks on a shared home do): both succeed, one folder holds the weights, equal to
+    a build alone (the one in the user cache), with the umask's modes (safetensors writes its
+    file 0600), and nothing else is left."""
+    from harness import cache_dir
+
+    reference = cache_dir() / "models" / "smollm2-135m-instruct"
+    if not (reference / "model.safetensors").exists():
+        pytest.skip(f"no built SmolLM2 to compare with under {reference} (make setup)")
+    cache = tmp_path / "cache"
+    code = ("import os; os.umask(0o022); from harness.models import build_smollm2; "
+            "print(build_smollm2())")
+    env = {**ENV, "HARNESS_CACHE": str(cache)}
+    processes = [subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+    outputs = [process.communicate(timeout=900) for process in processes]
+    target = cache / "models" / "smollm2-135m-instruct"
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err
+        assert out.strip() == str(target)
+    assert os.listdir(cache / "models") == [target.name]
+    assert sorted(os.listdir(target)) == sorted(os.listdir(reference))
+    for path in target.iterdir():
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644), path
+    assert (target / "model.safetensors").read_bytes() == (
+        reference / "model.safetensors").read_bytes()
 
 
 @given(st.integers(0, 4), st.integers(1, 5), st.integers(1, 5), st.data())
