@@ -12,6 +12,7 @@ plus two things a multirun of the harness needs.
 
 import copy
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +59,28 @@ def job_dir_and_config(config: DictConfig) -> tuple[Path, DictConfig]:
 
 
 def failure_summary(returns: Sequence[JobReturn]) -> str | None:
-    """``2 of 11 jobs failed: job a: why; job b: why. Re-run ...``, or None."""
+    """``3 of 11 jobs failed: jobs a, b: why; job c: other why. Re-run ...``, or None: each
+    distinct reason once, with the jobs it hit (a failed cluster task fails all its jobs with
+    one message)."""
     failed = [r._return_value for r in returns if r.status == JobStatus.FAILED]
     if not failed:
         return None
-    reasons = "; ".join((" ".join(str(error).split()) or type(error).__name__).rstrip(".")
-                        for error in failed)
+    jobs: dict[str, list[str]] = {}
+    for error in failed:
+        text = (" ".join(str(error).split()) or type(error).__name__).rstrip(".")
+        named = re.match(r"job (.+?): (.*)", text)
+        reason, job = (named[2], named[1]) if named else (text, "")
+        jobs.setdefault(reason, []).append(job)
+    reasons = "; ".join(f"{hit_jobs(names)}: {reason}" if any(names) else reason
+                        for reason, names in jobs.items())
     return (f"{len(failed)} of {len(returns)} jobs failed: {reasons}. Re-run the same command "
             "to retry them once their input is fixed (finished jobs are skipped).")
+
+
+def hit_jobs(names: list[str], shown: int = 3) -> str:
+    names = [name for name in names if name]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"job{'s' if len(names) > 1 else ''} {', '.join(names[:shown])}{more}"
 
 
 class HarnessSweeper(BasicSweeper):
