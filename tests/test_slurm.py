@@ -639,15 +639,24 @@ def test_a_relaunch_after_the_launcher_dies_re_attaches_to_the_running_tasks(
     every job failed); the merge counts both tasks' timing."""
     command = [*TWO_JOBS, "generation.batch_size=1", *SLURM, "hydra.sweep.dir=slurm"]
     sweep = tmp_path / "slurm"
-    process, _ = launch(tmp_path, *command)
-    wait_for(lambda: first_records(sweep, 1) or process.poll() is not None)
+    process, first = launch(tmp_path, *command)
+    tasks = []
+    for shard in (0, 1):  # each held mid-generation (SIGSTOP) once it has written a batch, so
+        # that both surely still run when the relaunch looks (the VM is slow and loaded)
+        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None)
+        tasks.append(task_of_shard(first, shard))
+        subprocess.run(["scontrol", "suspend", tasks[-1]], check=True)
     process.kill()
     process.wait()
     before = submitted(sweep)
-    again = cli(*command, cwd=tmp_path)
-    output = again.stdout + again.stderr
-    assert again.returncode == 0, output
-    assert "2 still running from an earlier launch" in output and "re-attached" in output
+    relaunch = tmp_path / "relaunch"
+    relaunch.mkdir()
+    again, log = launch(relaunch, *command[:-1], f"hydra.sweep.dir={sweep}")
+    wait_for(lambda: log.read_text().count("re-attached") == 2 or again.poll() is not None)
+    for task in tasks:
+        subprocess.run(["scontrol", "resume", task], check=True)
+    assert again.wait(timeout=300) == 0, log.read_text()
+    assert "2 still running from an earlier launch" in log.read_text()
     assert submitted(sweep) == before  # nothing submitted twice
     assert_every_record_once(sweep, reference)
     for job in sweep.glob("top_*"):
@@ -715,8 +724,8 @@ def test_a_held_lock_at_the_merge_leaves_that_job_for_the_next_run(cluster, tmp_
 def test_submission_and_input_errors_are_one_line_each(cluster, tmp_path):
     """sbatch refusing the array (a GPU on a node without one): SLURM's message and the key,
     no traceback. A task's input error (more new tokens than the model's context) for a
-    group of 2 jobs x 2 shards: one line in the summary naming both jobs, and no "re-run to
-    resume" (a re-run cannot fix it)."""
+    group of 2 jobs x 2 shards: each task's failure logged on its own line, the summary says
+    it once naming both jobs, and no "re-run to resume" (a re-run cannot fix it)."""
     sbatch = cli(*TWO_JOBS, *SLURM, "hydra.launcher.gpus_per_node=1", "hydra.sweep.dir=a",
                  cwd=tmp_path)
     output = sbatch.stdout + sbatch.stderr
@@ -729,5 +738,7 @@ def test_submission_and_input_errors_are_one_line_each(cluster, tmp_path):
     assert too_long.returncode == 1 and "Traceback" not in output
     (summary,) = [line for line in output.splitlines() if "jobs failed" in line]
     assert summary.startswith("2 of 2 jobs failed: jobs top_k,")
-    assert summary.count("exceeds the context") == 2  # one per task (shard), not per job
+    assert summary.count("exceeds the context") == 1  # once, not per job or per task
     assert "resume it" not in summary and len(summary) < 1500
+    assert len([line for line in output.splitlines() if line.startswith("[")
+                and "exceeds the context" in line]) == 2  # each task's own log line
