@@ -671,7 +671,12 @@ def test_ctrl_c_on_the_launcher_says_the_tasks_run_on_and_a_rerun_re_attaches(
     command = [*TWO_JOBS, "generation.batch_size=1", *SLURM, "hydra.sweep.dir=slurm"]
     sweep = tmp_path / "slurm"
     process, log = launch(tmp_path, *command)
-    wait_for(lambda: first_records(sweep, 0) or process.poll() is not None)
+    tasks = []
+    for shard in (0, 1):  # held mid-generation, so that they still run when the re-run looks
+        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None,
+                 600)
+        tasks.append(task_of_shard(log, shard))
+        subprocess.run(["scontrol", "suspend", tasks[-1]], check=True)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
     output = log.read_text()
@@ -679,9 +684,14 @@ def test_ctrl_c_on_the_launcher_says_the_tasks_run_on_and_a_rerun_re_attaches(
     (line,) = [line for line in output.splitlines() if "keep running" in line]
     array = sorted(submitted(sweep))[0].split("_")[0]
     assert "re-running the same command re-attaches" in line and f"scancel {array}" in line
-    again = cli(*command, cwd=tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "re-attached" in again.stdout + again.stderr and len(submitted(sweep)) == 2
+    relaunch = tmp_path / "relaunch"
+    relaunch.mkdir()
+    again, again_log = launch(relaunch, *command[:-1], f"hydra.sweep.dir={sweep}")
+    wait_for(lambda: again_log.read_text().count("re-attached") == 2 or again.poll() is not None)
+    for task in tasks:
+        subprocess.run(["scontrol", "resume", task], check=True)
+    assert again.wait(timeout=300) == 0, again_log.read_text()
+    assert len(submitted(sweep)) == 2
     assert_every_record_once(sweep, reference)
 
 
