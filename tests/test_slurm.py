@@ -643,7 +643,8 @@ def test_a_relaunch_after_the_launcher_dies_re_attaches_to_the_running_tasks(
     tasks = []
     for shard in (0, 1):  # each held mid-generation (SIGSTOP) once it has written a batch, so
         # that both surely still run when the relaunch looks (the VM is slow and loaded)
-        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None)
+        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None,
+                 600)
         tasks.append(task_of_shard(first, shard))
         subprocess.run(["scontrol", "suspend", tasks[-1]], check=True)
     process.kill()
