@@ -29,6 +29,7 @@ from omegaconf import MISSING
 from transformers import PreTrainedTokenizerBase
 
 from harness import cache_dir
+from harness.assets import build_once
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,11 @@ class Prompt:
 
 def build_austen(target: Path | None = None) -> Path:
     """Download the Debian package (not installed: it would pull R), read its R lazy-load data
-    and write one JSON line per paragraph of >= 100 words."""
-    target = target or cache_dir() / "data" / "austen.jsonl"
-    if target.exists():
-        return target
+    and write one JSON line per paragraph of >= 100 words (once per cache, ``build_once``)."""
+    return build_once(target or cache_dir() / "data" / "austen.jsonl", write_austen)
+
+
+def write_austen(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             download_deb(AUSTEN_PACKAGE, Path(tmp))
@@ -77,16 +79,12 @@ def build_austen(target: Path | None = None) -> Path:
             ) from error
         base = next(Path(tmp, "unpacked").rglob("janeaustenr/data/Rdata.rdx")).with_suffix("")
         books = read_r_lazyload(base)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    with partial.open("w") as out:
+    with out.open("w") as handle:
         for book, lines in books.items():
             for number, paragraph in enumerate(paragraphs(lines)):
                 if len(paragraph.split()) >= AUSTEN_MIN_WORDS:
-                    out.write(json.dumps({"text": paragraph, "book": book,
-                                          "paragraph": number}) + "\n")
-    partial.rename(target)
-    return target
+                    handle.write(json.dumps({"text": paragraph, "book": book,
+                                             "paragraph": number}) + "\n")
 
 
 def download_deb(package: str, directory: Path) -> None:
@@ -128,23 +126,22 @@ def paragraphs(lines: list[str]) -> list[str]:
 
 def build_tiny(target: Path | None = None, documents: int = 120,
                sentences: tuple[int, int] = (6, 12)) -> Path:
-    """``documents`` documents of generated prose, the same on every machine."""
-    target = target or cache_dir() / "data" / "tiny.jsonl"
-    if target.exists():
-        return target
+    """``documents`` documents of generated prose, the same on every machine (once per cache,
+    ``build_once``)."""
+    return build_once(target or cache_dir() / "data" / "tiny.jsonl",
+                      lambda out: write_tiny(out, documents, sentences))
+
+
+def write_tiny(out: Path, documents: int, sentences: tuple[int, int]) -> None:
     rng = random.Random(0)
     subjects = ["The captain", "A letter", "Her sister", "The old house", "My neighbour", "Nobody"]
     verbs = ["walked to", "wrote about", "remembered", "could not forgive", "described", "admired"]
     objects = ["the garden", "the long winter", "a quiet evening", "his brother", "the village"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    with partial.open("w") as out:
+    with out.open("w") as handle:
         for _ in range(documents):
             text = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
                     for _ in range(rng.randint(*sentences))]
-            out.write(json.dumps({"text": " ".join(text)}) + "\n")
-    partial.rename(target)
-    return target
+            handle.write(json.dumps({"text": " ".join(text)}) + "\n")
 
 
 def build_synthetic() -> Path:

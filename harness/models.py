@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from harness import cache_dir
+from harness.assets import build_once
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,15 @@ def smollm2_gguf() -> Path:
 
 
 def build_smollm2(target: Path | None = None) -> Path:
-    """Dequantise the bundled GGUF once into a safetensors folder (~30 s); later loads take ~2 s."""
+    """Dequantise the bundled GGUF once into a safetensors folder (~30 s; later loads take
+    ~2 s); safe when many processes build into one empty cache at once (``build_once``)."""
     target = target or cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").exists():
-        return target
+    return build_once(target, convert_smollm2)
+
+
+def convert_smollm2(out: Path) -> None:
     gguf = smollm2_gguf()
-    log.info("converting %s into %s (once)", gguf, target)
+    log.info("converting %s into %s (once)", gguf, out)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are plain float32 after dequantisation; only the quantizer marker blocks saving.
@@ -104,11 +108,8 @@ def build_smollm2(target: Path | None = None) -> Path:
     model.is_quantized = False
     model.config.quantization_config = None
     del model.config.quantization_config
-    tmp = target.with_name(target.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
-    return target
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -351,13 +351,15 @@ def write_job_yaml(job: Job, prompts: int) -> None:
 
 
 def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
-                  copy_from: Mapping[Path, tuple[Path, str]] | None = None) -> list[Job]:
+                  copy_from: Mapping[Path, list[tuple[Path, str]]] | None = None,
+                  labels: Mapping[str, Any] | None = None) -> list[Job]:
     """Generate (or finish generating) the records of every job of ``specs`` (config, dir,
     name) as one batched generation; the jobs must share ``shared_settings``. Every dir is
     locked for the whole generation; SIGTERM ends it after the batch in flight is dropped,
-    raising ``Terminated`` with every finished batch written. ``copy_from``: by job dir, a
-    records file and its config hash whose records of the job's pairs are copied, not
-    generated (``adopt``)."""
+    raising ``Terminated`` with every finished batch written. ``copy_from``: by job dir, records
+    files and their config hashes whose records of the job's pairs are copied, not generated
+    (``adopt``). The invocation's timing (``labels`` added: a cluster task's id) is kept as
+    ``record_timing`` says, also when it is stopped."""
     jobs = []
     for cfg, job_dir, name in specs:
         selector = validate(cfg)
@@ -375,9 +377,9 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
         copies = {}
         for job in jobs:
             job.done = read_records(job.dir / RECORDS, job.digest)
-            if copy_from and job.dir in copy_from:
-                source, digest = copy_from[job.dir]
-                copies[id(job)] = source, read_records(source, digest, repair=False)
+            for source, digest in (copy_from or {}).get(job.dir, []):
+                copies.setdefault(id(job), []).append(
+                    (source, read_records(source, digest, repair=False)))
         loaded = load_model(OmegaConf.to_object(first.model))
         needed = gen.prompt_tokens + gen.max_new_tokens
         if needed > loaded.max_length:
@@ -390,8 +392,7 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
         files = {id(job): stack.enter_context(open_append(job.dir / RECORDS)) for job in jobs}
         for job in jobs:
             write_job_yaml(job, len(prompts))
-            if id(job) in copies:
-                source, records = copies[id(job)]
+            for source, records in copies.get(id(job), []):
                 adopt(job, files[id(job)], prompts, records, source)
         rows = [Row(job, prompt, seed) for job in jobs for seed in job.seeds for prompt in prompts
                 if (prompt.prompt_id, seed) not in job.done]
@@ -417,22 +418,39 @@ def generate_jobs(specs: list[tuple[DictConfig, Path, str]],
             bar.update(len(batch))
 
         jobs_rows = [[row for row in rows if row.job is job] for job in jobs]
-        used = decode.generate(loaded, jobs_rows, gen, batch_size, stop, write)
+        used, stopped = None, "interrupted"  # an exception (submitit's requeue exits) stops it
+        try:
+            used = decode.generate(loaded, jobs_rows, gen, batch_size, stop, write)
+            stopped = None if stop.signum is None else signal.Signals(stop.signum).name
+        finally:
+            device = (torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda"
+                      else f"cpu, {torch.get_num_threads()} threads")
+            record_timing(jobs, time.perf_counter() - started, used or batch_size, device,
+                          {**(labels or {}), **({"stopped": stopped} if stopped else {})})
         if stop.signum is not None:
             raise Terminated(stop.signum)
-        batch_size = used or batch_size
-        seconds = time.perf_counter() - started
-        tokens = sum(job.new_tokens for job in jobs)
-        for job in jobs:  # this invocation's
-            job.timing = {"generate_seconds": seconds, "new_tokens": job.new_tokens,
-                          "records": len(job.written), "fused_jobs": len(jobs),
-                          "fused_new_tokens": tokens, "rows_per_forward": batch_size,
-                          "tokens_per_s": tokens / seconds if rows else 0.0,
-                          "device": torch.cuda.get_device_name(loaded.device) if loaded.device.type
-                          == "cuda" else f"cpu, {torch.get_num_threads()} threads"}
-            if rows:  # a resume with nothing left keeps the last measurement (the plan's rate)
-                (job.dir / TIMING).write_text(json.dumps(job.timing) + "\n")
     return jobs
+
+
+def record_timing(jobs: list[Job], seconds: float, batch_size: int, device: str,
+                  labels: Mapping[str, Any]) -> None:
+    """This invocation's timing of each job (``job.timing``). A job that wrote records
+    appends it to its ``timing_history.jsonl`` (the W&B run's history; a cluster shard's
+    merge sums it), also when stopped (``labels["stopped"]``: the batches written before a
+    signal or a requeue count); a complete invocation also writes it as ``timing.json`` (the
+    plan's rate). A job that wrote nothing keeps both files as they were."""
+    tokens = sum(job.new_tokens for job in jobs)
+    for job in jobs:
+        job.timing = {"generate_seconds": seconds, "new_tokens": job.new_tokens,
+                      "records": len(job.written), "fused_jobs": len(jobs),
+                      "fused_new_tokens": tokens, "rows_per_forward": batch_size,
+                      "tokens_per_s": tokens / seconds if tokens and seconds else 0.0,
+                      "device": device, **labels}
+        if job.written:
+            with (job.dir / TIMINGS).open("a") as history:
+                history.write(json.dumps(job.timing) + "\n")
+            if "stopped" not in labels:
+                (job.dir / TIMING).write_text(json.dumps(job.timing) + "\n")
 
 
 # Jobs that the fused launcher generated in this process, by dir: run_job only tracks them.
@@ -491,12 +509,10 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 
 def track(job: Job, wandb_dir: Path | None = None) -> None:
     """The configuration's W&B run (``harness.tracking.publish_job``): config, timing of every
-    invocation, a table of sample generations. An invocation that wrote nothing new leaves an
-    existing run as it is. Never fails the job (see ``harness.tracking``)."""
-    if job.written:
-        with (job.dir / TIMINGS).open("a") as history:
-            history.write(json.dumps(job.timing) + "\n")
-    elif (job.dir / RUN_ID).exists():
+    invocation (``timing_history.jsonl``, appended by ``record_timing`` or by the merge of
+    a job's shards), a table of sample generations. An invocation that wrote nothing new
+    leaves an existing run as it is. Never fails the job (see ``harness.tracking``)."""
+    if not job.written and (job.dir / RUN_ID).exists():
         return
     publish_job(OmegaConf.to_object(job.cfg.wandb), job.dir, wandb_dir,
                 invocation=job.timing if job.written else None)

@@ -13,7 +13,15 @@ order and with the config hash one in-process run writes, and removes the shard 
 dir is then the one an in-process run leaves. A record is a pure function of (config, prompt,
 seed), so the texts are those of the in-process run. Growing a merged job (a larger
 ``dataset.limit``, more seeds) starts new shard dirs, which copy the job dir's records of their
-prompts before generating the rest: the pilot is never generated twice.
+prompts before generating the rest: the pilot is never generated twice; so do the shard dirs
+of another number of shards (a launch with another ``hydra.launcher.shards``).
+
+Timing: every task invocation that wrote records appends its timing to its shard dir's
+``timing_history.jsonl``, also when a signal or a requeue stopped it. The merge sums the
+shards' (``timing``) into one entry of the job dir's history and writes ``timing.json`` as the
+sum of all its merges, so its ``records`` are the records the tasks generated, whatever was
+killed, cancelled, requeued or relaunched on the way; a launch that generated nothing leaves
+both as they were.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from omegaconf import DictConfig, open_dict
 from harness.records import JOB, RECORDS, SHARD_NAME, SHARDS, TIMING, parse, rewrite
 from harness.runner import (
     Job,
+    JobError,
     config_hash,
     generate_jobs,
     job_lock,
@@ -36,6 +45,7 @@ from harness.runner import (
     validate,
     write_job_yaml,
 )
+from harness.tracking import TIMINGS
 
 
 def shard_dir(job_dir: Path, shard: int, shards: int) -> Path:
@@ -75,43 +85,80 @@ def shard_is_complete(cfg: DictConfig, job_dir: Path, shard: int, shards: int) -
                                                     shard_dir(job_dir, shard, shards))
 
 
-def generate_shard(specs: list[tuple[DictConfig, Path]], shard: int,
-                   shards: int) -> dict[str, dict]:
+def shard_dirs(job_dir: Path) -> list[tuple[Path, int, int]]:
+    """Every shard dir of ``job_dir`` with its (shard, shards), of any number of shards (an
+    earlier launch may have used another ``hydra.launcher.shards``)."""
+    found = []
+    for path in sorted((job_dir / SHARDS).glob("*-of-*")):
+        match = SHARD_NAME.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append((path, int(match[1]), int(match[2])))
+    return found
+
+
+def check_job_dir(cfg: DictConfig, job_dir: Path) -> None:
+    """Raise ``JobError`` if ``job_dir`` or one of its shard dirs holds records of another
+    config: what a task would refuse after loading the model, found from the files alone (the
+    launcher leaves such a job out before submitting anything)."""
+    read_records(job_dir / RECORDS, config_hash(cfg), repair=False)
+    for path, shard, shards in shard_dirs(job_dir):
+        read_records(path / RECORDS, config_hash(shard_config(cfg, shard, shards)), repair=False)
+
+
+def generate_shard(specs: list[tuple[DictConfig, Path]], shard: int, shards: int,
+                   labels: dict | None = None) -> list[Job]:
     """One task: generate (or finish) shard ``shard`` of ``shards`` of every job of
-    ``specs`` (config, job dir; one group of shared settings) as one batched generation.
-    Returns each job dir's timing of this run. Records the job dir already holds (a pilot
-    merged before ``dataset.limit`` grew) are copied into the shard, not generated again."""
-    jobs = generate_jobs(
+    ``specs`` (config, job dir; one group of shared settings) as one batched generation,
+    its timing labelled with ``labels`` (the task). Records the job dir already holds (a pilot
+    merged before ``dataset.limit`` grew), or shard dirs of another number of shards hold (an
+    earlier launch), are copied into the shard, not generated again."""
+    copy_from = {}
+    for cfg, job_dir in specs:
+        sources = [(job_dir / RECORDS, config_hash(cfg))]
+        sources += [(path / RECORDS, config_hash(shard_config(cfg, i, n)))
+                    for path, i, n in shard_dirs(job_dir) if (i, n) != (shard, shards)]
+        copy_from[shard_dir(job_dir, shard, shards)] = sources
+    return generate_jobs(
         [(shard_config(cfg, shard, shards), shard_dir(job_dir, shard, shards), job_dir.name)
-         for cfg, job_dir in specs],
-        copy_from={shard_dir(job_dir, shard, shards): (job_dir / RECORDS, config_hash(cfg))
-                 for cfg, job_dir in specs})
-    return {str(job.dir.parent.parent): job.timing for job in jobs}
+         for cfg, job_dir in specs], copy_from=copy_from, labels=labels)
 
 
-def merge(cfg: DictConfig, job_dir: Path, shards: int, tasks: list[dict]) -> Job:
+class NotMergeable(JobError):
+    """A job's shards cannot be merged now (one is incomplete or locked): a later run merges."""
+
+
+def merge(cfg: DictConfig, job_dir: Path, shards: int) -> Job:
     """Write the records of ``cfg``'s shard dirs into ``job_dir`` (next to those already
     there; each (prompt, seed) once, in the order of an in-process run, with the job's config
-    hash), its ``job.yaml`` and its ``timing.json`` (``tasks``: the timing of each task that
-    ran for it in this launch), then remove the shard dirs. Every shard must be complete.
-    Returns the job as the runner's ``run_job`` tracks it. A kill at any point leaves the
-    records readable and resumable: the shard dirs go only after the merged file is written."""
+    hash), its ``job.yaml`` and, if the shards generated anything, its timing (``timing``),
+    then remove the shard dirs. Every shard of ``shards`` must be complete (else
+    ``NotMergeable``, as when a dir is locked: nothing is changed). Returns the job as the
+    runner's ``run_job`` tracks it. A kill at any point leaves the records readable and
+    resumable: the shard dirs go only after the merged file is written."""
     selector = validate(cfg)
     digest = config_hash(cfg)
     if is_complete(cfg, job_dir):
         metas = [yaml.safe_load((job_dir / JOB).read_text())]
     else:
+        missing = [i for i in range(shards)
+                   if not is_complete(shard_config(cfg, i, shards), shard_dir(job_dir, i, shards))]
+        if missing:
+            raise NotMergeable(f"job dir {job_dir}: shard {missing[0]} of {shards} is not "
+                               "complete, so its shards are not merged yet.")
         metas = [yaml.safe_load((shard_dir(job_dir, i, shards) / JOB).read_text())
                  for i in range(shards)]
     seeds = metas[0]["seeds_run"]
-    dirs = sorted(d for d in (job_dir / SHARDS).glob("*-of-*") if SHARD_NAME.fullmatch(d.name))
+    dirs = shard_dirs(job_dir)
     with ExitStack() as stack:
-        for path in (job_dir, *dirs):
-            stack.enter_context(job_lock(path))
+        try:
+            for path in (job_dir, *(path for path, _, _ in dirs)):
+                stack.enter_context(job_lock(path))
+        except JobError as error:
+            raise NotMergeable(str(error)) from None
         records = read_records(job_dir / RECORDS, digest)
         new = []
-        for path in dirs:  # shard dirs of another number of shards too: none is lost
-            sharded = shard_config(cfg, *map(int, SHARD_NAME.fullmatch(path.name).groups()))
+        for path, shard, count in dirs:  # shard dirs of another number of shards too
+            sharded = shard_config(cfg, shard, count)
             for key, record in read_records(path / RECORDS, config_hash(sharded)).items():
                 if key not in records:
                     records[key] = {**record, "config_hash": digest}
@@ -120,21 +167,44 @@ def merge(cfg: DictConfig, job_dir: Path, shards: int, tasks: list[dict]) -> Job
             order = {seed: i for i, seed in enumerate(seeds)}
             rewrite(job_dir / RECORDS, sorted(records.values(), key=lambda r: (
                 order.get(r["seed"], len(order)), r["seed"], r["prompt_id"])))
+        tasks = [entry for path, _, _ in dirs for entry in history(path)]
+        merged = timing(tasks) if tasks else {}
         job = Job(cfg, job_dir, job_dir.name, selector, digest, seeds, written=new,
-                  new_tokens=sum(r["num_tokens"] for r in new), timing=timing(tasks))
+                  new_tokens=sum(r["num_tokens"] for r in new), timing=merged)
         write_job_yaml(job, sum(meta["prompts"] for meta in metas))
-        (job_dir / TIMING).write_text(json.dumps(job.timing) + "\n")
-        for path in dirs:
+        if tasks:  # a launch that generated nothing leaves the timing as it was
+            with (job_dir / TIMINGS).open("a") as out:
+                out.write(json.dumps(merged) + "\n")
+            (job_dir / TIMING).write_text(json.dumps(timing(history(job_dir))) + "\n")
+        for path, _, _ in dirs:
             shutil.rmtree(path)
     if (job_dir / SHARDS).is_dir() and not any((job_dir / SHARDS).iterdir()):
         (job_dir / SHARDS).rmdir()
     return job
 
 
-def timing(tasks: list[dict]) -> dict:
-    """A job's ``timing.json`` over the tasks that generated it in this launch: the totals
-    under the keys of an in-process run (seconds summed over tasks, so ``tokens_per_s`` is
-    per task), and each task's own figures under ``tasks``."""
+def history(job_dir: Path) -> list[dict]:
+    """``timing_history.jsonl`` of a dir: each invocation that wrote records (a torn last line
+    of a killed writer is skipped)."""
+    path = job_dir / TIMINGS
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
+def timing(entries: list[dict]) -> dict:
+    """The sum of task invocations (or of merges, each holding its tasks): seconds summed
+    over tasks (so ``tokens_per_s`` is per task), records, tokens, the invocations that a
+    signal or a requeue stopped (``requeues``; their batches count), the devices, and each
+    task invocation under ``tasks``. A merged job dir's ``timing.json`` is this sum over all
+    its merges, so its ``records`` are the records its tasks generated."""
+    tasks = [task for entry in entries for task in entry.get("tasks", [entry])]
     seconds = sum(t["generate_seconds"] for t in tasks)
     fused = sum(t["fused_new_tokens"] for t in tasks)
     return {"generate_seconds": seconds, "new_tokens": sum(t["new_tokens"] for t in tasks),
@@ -142,4 +212,6 @@ def timing(tasks: list[dict]) -> dict:
             "fused_jobs": max((t["fused_jobs"] for t in tasks), default=0),
             "fused_new_tokens": fused,
             "rows_per_forward": max((t["rows_per_forward"] for t in tasks), default=0),
-            "tokens_per_s": fused / seconds if seconds else 0.0, "tasks": tasks}
+            "tokens_per_s": fused / seconds if seconds else 0.0,
+            "device": "; ".join(sorted({t["device"] for t in tasks if t.get("device")})),
+            "requeues": sum(1 for t in tasks if t.get("stopped")), "tasks": tasks}

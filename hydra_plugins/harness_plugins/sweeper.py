@@ -15,6 +15,7 @@ plus two things a multirun of the harness needs.
 
 import difflib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +49,26 @@ ConfigStore.instance().store(group="hydra/sweeper", name="harness", node=Harness
 
 
 def failure_summary(failures: Sequence[str], jobs: int) -> str | None:
-    """``2 of 11 jobs failed: job a: why; job b: why. Re-run ...``, or None."""
+    """``3 of 11 jobs failed: jobs a, b: why; job c: other why. Re-run ...``, or None: each
+    distinct reason once, with the jobs it hit (a failed cluster task fails all its jobs with
+    one message)."""
     if not failures:
         return None
-    reasons = "; ".join(failure.rstrip(".") for failure in failures)
+    hit: dict[str, list[str]] = {}
+    for failure in failures:
+        named = re.match(r"job (.+?): (.*)", failure.rstrip("."))
+        reason, job = (named[2], named[1]) if named else (failure.rstrip("."), "")
+        hit.setdefault(reason, []).append(job)
+    reasons = "; ".join(f"{hit_jobs(names)}: {reason}" if any(names) else reason
+                        for reason, names in hit.items())
     return (f"{len(failures)} of {jobs} jobs failed: {reasons}. Re-run the same command "
             "to retry them once their input is fixed (finished jobs are skipped).")
+
+
+def hit_jobs(names: list[str], shown: int = 3) -> str:
+    names = [name for name in names if name]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"job{'s' if len(names) > 1 else ''} {', '.join(names[:shown])}{more}"
 
 
 def failures_of(returns: Sequence[JobReturn]) -> list[str]:
