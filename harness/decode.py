@@ -33,6 +33,7 @@ written.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor
 from transformers import GenerationConfig, StaticCache
 
@@ -87,6 +89,21 @@ def generation_config(loaded: LoadedModel, max_new_tokens: int,
         eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.tokenizer.pad_token_id,
         use_cache=True,
     )
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword under which ``model.forward`` takes its KV cache: ``cache`` in the
+    transformers of requirements.lock, ``past_key_values`` in older 5.x releases (5.17.0, the
+    GPU machine's), whose models swallow an unknown ``cache=`` in ``**kwargs`` and attend to
+    nothing."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise RuntimeError(
+        f"{type(model).__name__}.forward takes neither cache nor past_key_values (transformers "
+        f"{transformers.__version__}): the decode path cannot pass it a static KV cache; use "
+        "transformers>=5.17,<6 (pyproject.toml) with a model it supports.")
 
 
 def continuation_lengths(new: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
@@ -154,6 +171,7 @@ class Decoder:
         self.graph_safe = compile or loaded.device.type != "cpu"
         self.cache = StaticCache(config=loaded.model.config,
                                  max_cache_len=prompt_tokens + new_tokens)
+        self.cache_keyword = cache_keyword(loaded.model)
         self.groups: Groups = []
         self.keys = torch.zeros(rows, dtype=torch.int64, device=loaded.device)
         self.record = True
@@ -176,8 +194,21 @@ class Decoder:
         """Generated step ``step`` >= 1: feed the tokens of step - 1, sample step's."""
         position = (step + (self.prompt_tokens - 1)).view(1, 1).expand(self.rows, 1)
         logits = self.loaded.model(input_ids=tokens[:, None], position_ids=position,
-                                   cache=self.cache, use_cache=True).logits[:, -1]
+                                   use_cache=True, **{self.cache_keyword: self.cache}
+                                   ).logits[:, -1]
         return self.sample(logits, step)
+
+    def check_prefill(self) -> None:
+        """Refuse to decode when the prefill left the static cache without the prompt's
+        positions: every later step would attend to nothing and sample garbage, silently."""
+        held = int(self.cache.get_seq_length())
+        if held != self.prompt_tokens:
+            raise RuntimeError(
+                f"the static KV cache holds {held} positions after a prefill of "
+                f"{self.prompt_tokens} prompt tokens: {type(self.loaded.model).__name__} under "
+                f"transformers {transformers.__version__} did not write it (passed as "
+                f"{self.cache_keyword}=); nothing was generated. Use the transformers of "
+                "requirements.lock, or a release this harness supports (pyproject.toml).")
 
     def run(self, input_ids: Tensor, keys: Tensor, groups: Groups, record: bool,
             alive: Tensor, stop: Any) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -192,8 +223,9 @@ class Decoder:
         eos = torch.tensor(self.loaded.eos_token_ids, device=device)
         step_ids = torch.arange(steps, device=device)
         self.cache.reset()
-        logits = self.loaded.model(input_ids=input_ids, cache=self.cache, use_cache=True,
-                                   logits_to_keep=1).logits[:, -1]
+        logits = self.loaded.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                                   **{self.cache_keyword: self.cache}).logits[:, -1]
+        self.check_prefill()
         out = self.sample(logits, step_ids[0])
         for t in range(steps):
             if t:
