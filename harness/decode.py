@@ -173,6 +173,7 @@ class Decoder:
                                  max_cache_len=prompt_tokens + new_tokens)
         self.cache_keyword = cache_keyword(loaded.model)
         self.groups: Groups = []
+        self.layouts: dict[tuple, Groups] = {}  # compiled: each layout's selectors, tensor-valued
         self.keys = torch.zeros(rows, dtype=torch.int64, device=loaded.device)
         self.record = True
         self.step = self._step
@@ -210,11 +211,29 @@ class Decoder:
                 f"{self.cache_keyword}=); nothing was generated. Use the transformers of "
                 "requirements.lock, or a release this harness supports (pyproject.toml).")
 
+    def layout(self, groups: Groups) -> Groups:
+        """``groups`` as the compiled step takes them: one selector copy per layout and slot
+        whose parameters are tensors (``Selector.with_tensor_values``), refilled with these
+        jobs' values, so that dynamo guards on the layout alone (see ``layout_key``) and every
+        grid point of it replays one graph."""
+        key = layout_key(groups)
+        if key not in self.layouts:
+            self.layouts[key] = [(selector.with_tensor_values(self.keys.device), rows)
+                                 for selector, rows in groups]
+            for selector, _ in self.layouts[key]:
+                for value in vars(selector).values():
+                    if isinstance(value, Tensor):
+                        torch._dynamo.mark_static_address(value)  # refilled in place
+            allow_compilations(len(self.layouts))
+        for (mine, _), (theirs, _) in zip(self.layouts[key], groups, strict=True):
+            mine.load_values(theirs)
+        return self.layouts[key]
+
     def run(self, input_ids: Tensor, keys: Tensor, groups: Groups, record: bool,
             alive: Tensor, stop: Any) -> tuple[Tensor, Tensor, Tensor] | None:
         """One batch: generated tokens ``[rows, steps]``, diagnostics ``[4, steps, rows]`` and the
         NaN flags ``[steps]``; None when ``stop.signum`` was set. ``alive``: the real rows."""
-        self.groups, self.record = groups, record
+        self.groups, self.record = (self.layout(groups) if self.compiled else groups), record
         self.keys.copy_(keys)
         device, steps = input_ids.device, self.new_tokens
         tokens = torch.empty(self.rows, steps, dtype=torch.long, device=device)
@@ -240,6 +259,24 @@ class Decoder:
         return tokens, stats, nan
 
 
+def layout_key(groups: Groups) -> tuple:
+    """A layout: each slot's method, its parameters that stay Python objects (a null top_k or
+    mass, a top_k above ``TOPK_WIDTH``) and its rows. The compiled step compiles once per
+    layout; parameter values (top_k, alpha, top_p, temperature, ...) are graph inputs."""
+    return tuple((selector.structure(), rows.start, rows.stop) for selector, rows in groups)
+
+
+def allow_compilations(layouts: int) -> None:
+    """A decoder compiles once per layout it meets; dynamo's recompile limit (8 by default)
+    would fail a fullgraph compilation past it, so raise it to what this process needs."""
+    config = torch._dynamo.config
+    _LAYOUTS[0] += 1  # every decoder's: they share the step's code object, the limit's unit
+    config.recompile_limit = max(config.recompile_limit, _LAYOUTS[0] + 1)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
+                                             2 * _LAYOUTS[0] + 8)
+
+
+_LAYOUTS = [0]  # layouts compiled in this process, all decoders
 _DECODER: list[Decoder] = []  # the process's one decoder (its cache is the big allocation)
 
 
@@ -320,19 +357,15 @@ def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, new_tokens: int, ro
     return max(1, min(fits, rows))
 
 
-def allow_a_compilation_per_part(jobs_rows: list[list[Row]], rows_per_forward: int) -> None:
-    """More jobs (with rows left) than rows per forward run in parts (``batches``), one layout
-    and one compiled graph each: fullgraph compilation fails once dynamo's recompile limit (8)
-    is hit, so raise it."""
+def warn_of_parts(jobs_rows: list[list[Row]], rows_per_forward: int) -> None:
+    """More jobs (with rows left) than rows per forward run in parts (``batches``), each with
+    its own layout: one compilation per distinct one."""
     jobs = sum(1 for rows in jobs_rows if rows)
     parts = -(-jobs // rows_per_forward)
     if parts > 1:
         log.warning("generation.compile: %d jobs at %d rows per forward run in %d parts, one "
-                    "compilation each; more rows per forward (generation.batch_size) compile "
-                    "fewer", jobs, rows_per_forward, parts)
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, parts + 1)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * parts + 8)
+                    "compilation per distinct layout; more rows per forward "
+                    "(generation.batch_size) compile fewer", jobs, rows_per_forward, parts)
 
 
 def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_size: int | str,
@@ -355,7 +388,7 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
                  size, loaded.device, total)
     while True:
         if gen.compile:  # again after an out-of-memory halving: more parts
-            allow_a_compilation_per_part(pending, size)
+            warn_of_parts(pending, size)
         try:
             for batch, groups in batches(pending, size):
                 records = decode_batch(loaded, batch, groups, gen, stop)

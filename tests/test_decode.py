@@ -153,8 +153,9 @@ def test_compiled_step_has_no_graph_break_no_recompile_and_the_same_records(tiny
     """fullgraph=True raises on a graph break; one graph (through AOTAutograd, as inductor
     takes it) serves all batches of the group (dummy rows pad the last ones); records equal the
     eager ones as another batch size's do (one machine of this kind rounded a compiled mass
-    mean 1e-6 off the eager one, another did not). Across batch sizes the texts are equal and the diagnostics within one unit of
-    their 6th decimal: CPU matmuls round differently with the number of rows."""
+    mean 1e-6 off the eager one, another did not). Across batch sizes the texts are equal and
+    the diagnostics within one unit of their 6th decimal: CPU matmuls round differently with
+    the number of rows."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = fused_records(tiny_cfg, tmp_path, "compiled", "generation.compile=true",
@@ -185,10 +186,57 @@ def test_more_jobs_than_rows_compile_once_per_part(tiny_cfg, tmp_path, caplog):
             caplog.at_level(logging.WARNING, logger="harness.decode"):
         compiled = fused_records(tiny_cfg, tmp_path, "compiled", "generation.compile=true",
                                  "generation.batch_size=2")
-    assert "4 jobs at 2 rows per forward run in 2 parts, one compilation each" in caplog.text
+    assert "4 jobs at 2 rows per forward run in 2 parts, one compilation per distinct layout" \
+        in caplog.text
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     assert_same_records(compiled, fused_records(tiny_cfg, tmp_path, "eager",
                                                 "generation.batch_size=2"), "compiled")
+
+
+# 50 jobs, 5 methods x 10 values of a parameter, temperature included
+GRID = [[f"selector={method}", f"selector.{name}={value}"] for method, name, values in (
+    ("top_k", "top_k", range(1, 11)),
+    ("top_p", "top_p", [0.5 + 0.05 * i for i in range(10)]),
+    ("min_p", "min_p", [0.02 * i for i in range(1, 11)]),
+    ("locally_typical", "alpha", [0.1 * i for i in range(10)]),
+    ("typical", "temperature", [0.6 + 0.1 * i for i in range(10)])) for value in values]
+
+
+def grid_records(tiny_cfg, directory: Path, fused: bool, *overrides: str) -> dict:
+    """The grid's records, its jobs generated in this process as the fused launcher does (one
+    group) or as the basic one does (one job after another)."""
+    specs = [(tiny_cfg("dataset.limit=2", "generation.seeds=[0]", "generation.max_new_tokens=8",
+                       *job, *overrides), directory / str(i), str(i)) for i, job in enumerate(GRID)]
+    for group in [specs] if fused else [[spec] for spec in specs]:
+        generate_jobs(group)
+    return {(i, r["prompt_id"]): r for i in range(len(GRID))
+            for r in map(json.loads, (directory / str(i) / "generations.jsonl")
+                         .read_text().splitlines())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", [False, True], ids=["basic", "fused"])
+def test_a_grid_of_50_jobs_compiles_once_per_layout(tiny_cfg, tmp_path, fused):
+    """Issue 23: the 9th job of a grid hit dynamo's recompile limit, each job a compilation,
+    when selector parameters were Python constants. Now they are graph inputs: one graph per
+    layout, counted here by hand. Basic launcher: each job alone, 2 rows, so one layout per
+    method (5). Fused: the group at 4 rows per forward runs in parts of 4 jobs, one row each,
+    the last part 2 jobs of 2 rows; a part's layout is its methods in order."""
+    methods = [job[0] for job in GRID]
+    if fused:
+        parts = [tuple(methods[i : i + 4]) for i in range(0, len(methods), 4)]
+        layouts = len(set(parts[:-1])) + 1  # the last part's slots are wider: its own layout
+    else:
+        layouts = len(set(methods))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        compiled = grid_records(tiny_cfg, tmp_path / "compiled", fused, "generation.compile=true")
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] == layouts, dict(counters["stats"])
+    assert not counters["graph_break"]
+    assert len(compiled) == 2 * len(GRID)
+    assert_same_records(compiled, grid_records(tiny_cfg, tmp_path / "eager", fused), "compiled")
 
 
 @pytest.mark.parametrize("ties", [False, True])
