@@ -63,6 +63,9 @@ def keep_best_mass(score: Tensor, logits: Tensor, mass: float) -> Tensor:
 
 
 def _check(method: str, name: str, value: object, ok: bool, allowed: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # inf passed range checks
+        raise ValueError(
+            f"{method}: selector.{name}={value!r} must be finite; {name} must be {allowed}.")
     if not ok:
         raise ValueError(
             f"{method}: parameter {name}={value!r} is out of range; {name} must be {allowed}."
