@@ -211,6 +211,11 @@ class Decoder:
                 f"{self.cache_keyword}=); nothing was generated. Use the transformers of "
                 "requirements.lock, or a release this harness supports (pyproject.toml).")
 
+    def cache_bytes(self) -> int:
+        """What the static KV cache holds (its layers are allocated at the first prefill)."""
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   if getattr(layer, "is_initialized", False) for t in (layer.keys, layer.values))
+
     def layout(self, groups: Groups) -> Groups:
         """``groups`` as the compiled step takes them: one selector copy per layout and slot
         whose parameters are tensors (``Selector.with_tensor_values``), refilled with these
@@ -285,9 +290,17 @@ def decoder(loaded: LoadedModel, rows: int, prompt_tokens: int, new_tokens: int,
     """This process's decoder of that shape, made (and compiled) on first use."""
     key = (id(loaded.model), rows, prompt_tokens, new_tokens, compile)
     if not _DECODER or _DECODER[0].key != key:
-        _DECODER.clear()  # frees the previous cache first
+        release_decoder()  # the previous cache first
         _DECODER.append(Decoder(loaded, rows, prompt_tokens, new_tokens, compile))
     return _DECODER[0]
+
+
+def release_decoder() -> None:
+    """Drop the process's decoder and hand its cache back to the device."""
+    devices = {dec.keys.device for dec in _DECODER}
+    _DECODER.clear()
+    if any(device.type == "cuda" for device in devices):
+        torch.cuda.empty_cache()
 
 
 def decode_batch(loaded: LoadedModel, batch: list[Row | None], groups: Groups, gen: Any,
@@ -330,6 +343,18 @@ def free_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def releasable_memory(device: torch.device) -> int:
+    """Bytes a new group could have beyond ``free_memory``: the previous group's static cache
+    (still held, so that a group of the same shape reuses it and its compiled graphs; else
+    released before the next is made) and, on CUDA, what torch's allocator holds unused (what
+    ``empty_cache`` would hand back). Counted, not freed: a later group sizes its batch on the
+    memory the first one saw."""
+    held = sum(dec.cache_bytes() for dec in _DECODER if dec.keys.device == device)
+    if device.type == "cuda":
+        held += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return held
+
+
 def kv_bytes_per_token(loaded: LoadedModel) -> int:
     """One position of one row's KV cache, all layers."""
     config = loaded.model.config.get_text_config(decoder=True)
@@ -351,9 +376,10 @@ def bytes_per_row(loaded: LoadedModel, prompt_tokens: int, new_tokens: int) -> i
 
 
 def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, new_tokens: int, rows: int) -> int:
-    """The largest batch that fits ``MEMORY_MARGIN`` of the free memory, at most ``rows``."""
-    fits = int(free_memory(loaded.device) * MEMORY_MARGIN) // bytes_per_row(
-        loaded, prompt_tokens, new_tokens)
+    """The largest batch that fits ``MEMORY_MARGIN`` of the free memory (the previous group's
+    cache counted as free: ``releasable_memory``), at most ``rows``."""
+    free = free_memory(loaded.device) + releasable_memory(loaded.device)
+    fits = int(free * MEMORY_MARGIN) // bytes_per_row(loaded, prompt_tokens, new_tokens)
     return max(1, min(fits, rows))
 
 
@@ -400,9 +426,7 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
                 pending = [[r for r in rows if id(r) not in finished] for rows in pending]
             return size
         except torch.OutOfMemoryError as error:
-            _DECODER.clear()
-            if loaded.device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_decoder()
             if not auto or size == 1:
                 raise torch.OutOfMemoryError(
                     f"generation.batch_size={size} does not fit in {loaded.device}'s memory "

@@ -312,6 +312,29 @@ def test_auto_picks_a_size_and_survives_an_out_of_memory(tiny_cfg, tmp_path, mon
     assert timing["rows_per_forward"] == 6
 
 
+def test_auto_sizes_a_later_group_as_the_first(tiny_cfg, tmp_path, monkeypatch, caplog):
+    """The previous group's static cache is still held when the next group sizes its batch
+    (the driver does not count it as free): it counts as free, so a later group in the
+    process gets the first one's batch (before: fewer rows, and a new cache and compilation)."""
+    loaded = load_model(ModelConfig(source="tiny", dtype="float32"))
+    per_row = decode.bytes_per_row(loaded, 32, 12)
+    budget = int(4.2 * per_row / decode.MEMORY_MARGIN)
+    # the tiny Llama's cache at 4 rows: 2 layers x (keys, values) x 4 rows x 2 KV heads x
+    # 44 positions x 8 dims x 4 bytes
+    held_at_four = 2 * 2 * 4 * 2 * 44 * 8 * 4
+    assert int((budget - held_at_four) * decode.MEMORY_MARGIN) // per_row == 3  # the old way
+    decode.release_decoder()
+    monkeypatch.setattr(decode, "free_memory", lambda device: budget - sum(
+        dec.cache_bytes() for dec in decode._DECODER))
+    with caplog.at_level(logging.INFO, logger="harness.decode"):
+        for job in ("first", "second"):
+            generate_jobs([(tiny_cfg("dataset.limit=6", "generation.seeds=[0]",
+                                     "generation.batch_size=auto"), tmp_path / job, job)])
+            assert decode._DECODER[0].cache_bytes() == held_at_four
+    sizes = [line for line in caplog.messages if "generation.batch_size=auto" in line]
+    assert len(sizes) == 2 and all("auto: 4 rows per forward" in line for line in sizes), sizes
+
+
 @pytest.mark.parametrize("graph_safe", [False, True])
 def test_dummy_rows_after_the_last_group_get_zero_diagnostics(graph_safe):
     """More jobs than rows per forward: the last part of a group may have fewer rows than the
