@@ -43,6 +43,7 @@ from typing import Any
 import torch
 import transformers
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import GenerationConfig, StaticCache
 
 from harness.data import Prompt
@@ -235,9 +236,11 @@ class Decoder:
         return self.layouts[key]
 
     def run(self, input_ids: Tensor, keys: Tensor, groups: Groups, record: bool,
-            alive: Tensor, stop: Any) -> tuple[Tensor, Tensor, Tensor] | None:
+            alive: Tensor, stop: Any, progress: Callable[[int], Any] | None = None,
+            ) -> tuple[Tensor, Tensor, Tensor] | None:
         """One batch: generated tokens ``[rows, steps]``, diagnostics ``[4, steps, rows]`` and the
-        NaN flags ``[steps]``; None when ``stop.signum`` was set. ``alive``: the real rows."""
+        NaN flags ``[steps]``; None when ``stop.signum`` was set. ``alive``: the real rows;
+        ``progress(1)`` after each step."""
         self.groups, self.record = (self.layout(groups) if self.compiled else groups), record
         self.keys.copy_(keys)
         device, steps = input_ids.device, self.new_tokens
@@ -255,6 +258,8 @@ class Decoder:
             if t:
                 out = self.step(tokens[:, t - 1], step_ids[t])
             tokens[:, t], stats[:, t], nan[t] = out  # copied out before the next replay
+            if progress is not None:
+                progress(1)
             if stop.signum is not None:
                 return None
             if (t + 1) % CHECK_EOS_EVERY == 0 and t + 1 < steps:
@@ -314,8 +319,13 @@ def decode_batch(loaded: LoadedModel, batch: list[Row | None], groups: Groups, g
     keys = row_keys(torch.tensor([r.seed for r in padded]),
                     torch.tensor([r.prompt.prompt_id for r in padded]))
     alive = torch.tensor([row is not None for row in batch], device=device)
-    with torch.inference_mode():
-        done = dec.run(input_ids, keys.to(device), groups, gen.diagnostics, alive, stop)
+    # the steps of the batch in flight: a batch of a study takes minutes, the rows' bar moves
+    # only when it ends
+    with torch.inference_mode(), tqdm(total=gen.max_new_tokens, unit="step", leave=False,
+                                      desc=f"batch of {len(batch)} rows",
+                                      dynamic_ncols=True) as bar:
+        done = dec.run(input_ids, keys.to(device), groups, gen.diagnostics, alive, stop,
+                       bar.update)
     if done is None:
         return None
     tokens, stats, nan = (t.cpu() for t in done)

@@ -335,6 +335,43 @@ def test_auto_sizes_a_later_group_as_the_first(tiny_cfg, tmp_path, monkeypatch, 
     assert len(sizes) == 2 and all("auto: 4 rows per forward" in line for line in sizes), sizes
 
 
+def test_a_batch_shows_its_steps_as_it_decodes(tiny_cfg, tmp_path, monkeypatch):
+    """Issue 25: the fused bar sat at 0/66 rows, then jumped. Each batch has a bar of its
+    steps, moved once per decode step, before the batch's rows are written."""
+    bars, written = [], []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total, self.steps, self.rows_written_before = total, 0, len(written)
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            assert len(written) == self.rows_written_before  # within the batch
+            self.steps += n
+
+    monkeypatch.setattr(decode, "tqdm", Bar)
+    real = decode.decode_batch
+
+    def decode_batch(*args):
+        records = real(*args)
+        written.extend(records)
+        batches.append(len(records))
+        return records
+
+    batches = []
+    monkeypatch.setattr(decode, "decode_batch", decode_batch)
+    fused_records(tiny_cfg, tmp_path, "bars", "generation.batch_size=6")
+    assert len(bars) == len(batches) > 1 and sum(batches) == 21  # one bar per batch
+    for bar in bars:  # every step, or up to the check that saw every row ended
+        assert bar.total == 12 and 1 <= bar.steps <= 12
+
+
 @pytest.mark.parametrize("graph_safe", [False, True])
 def test_dummy_rows_after_the_last_group_get_zero_diagnostics(graph_safe):
     """More jobs than rows per forward: the last part of a group may have fewer rows than the
