@@ -8,9 +8,9 @@ Shapes never change within a group, so a compiled step compiles once per process
 - one transformers ``StaticCache`` of ``prompt_tokens + max_new_tokens`` positions serves every
   batch (reset, never reallocated);
 - the layout is fixed for the whole group: each job owns the same slots (a contiguous slice of
-  rows) in every batch, so each selector runs on a constant slice with its own parameters as
-  constants. Slots are shared in proportion to the jobs' remaining rows; a job that has run out
-  fills its slots with dummy rows. (Per-row parameter tensors, as vLLM's batched sampler, would
+  rows) in every batch, so each selector runs on a constant slice. Slots are shared in
+  proportion to the jobs' remaining rows; a job that has run out fills its slots with dummy
+  rows. (Per-row parameter tensors, as vLLM's batched sampler, would
   let the layout vary, but a group mixes methods: each row would pay for every method of its
   group -- 7 for ``seed_comparison``, two of them full-vocabulary sorts -- where a fixed slice
   pays for its own.)
@@ -18,17 +18,24 @@ Shapes never change within a group, so a compiled step compiles once per process
 With ``generation.compile`` the decode step (the model's forward over the static cache and the
 whole logits step: selectors, diagnostics, keyed noise) is one ``torch.compile(fullgraph=True)``
 graph: inductor with CUDA graphs on a GPU, aten's kernels on CPU (``COMPILERS``). It compiles
-once per layout: once per group, or once per part of a group with more jobs than rows per
-forward (each part has its own selectors: ``generate`` raises dynamo's recompile limit to the
-number of parts, and says what it costs). The step reads no device value on the host
+once per *layout* (``layout_key``): each slot's method, its rows, and the parameters that stay
+Python objects (a null ``top_k`` or ``mass``, a ``top_k`` above ``TOPK_WIDTH``). Parameter
+values (top_k, alpha, top_p, min_p, temperature, ...) enter as graph inputs
+(``Selector.with_tensor_values``), so a grid over them replays one graph, across groups and
+jobs of a process; a group with more jobs than rows per forward runs in parts, one layout each
+(dynamo's recompile limit is raised to the layouts met). The step reads no device value on the host
 (``sample_step(graph_safe=True)``): NaN logits raise after the batch, naming the position, and
 EOS is checked every ``CHECK_EOS_EVERY`` steps (each row still stops at its own EOS). On CPU
 without compilation the same loop runs eagerly with the cheaper data-dependent choices of
 ``sample_step`` (host reads cost nothing there); the records are the same.
 
-``generation.batch_size=auto``: the largest batch that fits the free memory (``auto_batch_size``);
-on out-of-memory the batch in flight is retried at half the size, after every finished batch was
-written.
+``generation.batch_size=auto``: the largest batch that fits the free memory (``auto_batch_size``,
+the previous group's cache counted as free); on out-of-memory the batch in flight is retried at
+half the size, after every finished batch was written.
+
+The cache goes to the model's forward under the keyword it takes (``cache_keyword``), and every
+prefill is checked to have written it (``Decoder.check_prefill``): a transformers release whose
+models ignore the keyword would otherwise decode garbage, silently.
 """
 
 from __future__ import annotations
