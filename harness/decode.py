@@ -237,7 +237,7 @@ class Decoder:
                 for value in vars(selector).values():
                     if isinstance(value, Tensor):
                         torch._dynamo.mark_static_address(value)  # refilled in place
-            allow_compilations(len(self.layouts))
+            allow_compilations()
         for (mine, _), (theirs, _) in zip(self.layouts[key], groups, strict=True):
             mine.load_values(theirs)
         return self.layouts[key]
@@ -283,9 +283,9 @@ def layout_key(groups: Groups) -> tuple:
     return tuple((selector.structure(), rows.start, rows.stop) for selector, rows in groups)
 
 
-def allow_compilations(layouts: int) -> None:
-    """A decoder compiles once per layout it meets; dynamo's recompile limit (8 by default)
-    would fail a fullgraph compilation past it, so raise it to what this process needs."""
+def allow_compilations() -> None:
+    """One more layout to compile: dynamo's recompile limit (8 by default) would fail a
+    fullgraph compilation past it, so raise it to what this process needs."""
     config = torch._dynamo.config
     _LAYOUTS[0] += 1  # every decoder's: they share the step's code object, the limit's unit
     config.recompile_limit = max(config.recompile_limit, _LAYOUTS[0] + 1)

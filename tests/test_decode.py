@@ -228,6 +228,7 @@ def test_a_grid_of_50_jobs_compiles_once_per_layout(tiny_cfg, tmp_path, fused):
         layouts = len(set(parts[:-1])) + 1  # the last part's slots are wider: its own layout
     else:
         layouts = len(set(methods))
+    decode.release_decoder()  # a fresh decoder: no layout of an earlier test's
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
