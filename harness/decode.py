@@ -216,8 +216,9 @@ class Decoder:
                 f"the static KV cache holds {held} positions after a prefill of "
                 f"{self.prompt_tokens} prompt tokens: {type(self.loaded.model).__name__} under "
                 f"transformers {transformers.__version__} did not write it (passed as "
-                f"{self.cache_keyword}=); nothing was generated. Use the transformers of "
-                "requirements.lock, or a release this harness supports (pyproject.toml).")
+                f"{self.cache_keyword}=); stopped before this batch's first token. Use the "
+                "transformers of requirements.lock, or a release this harness supports "
+                "(pyproject.toml).")
 
     def cache_bytes(self) -> int:
         """What the static KV cache holds (its layers are allocated at the first prefill)."""
