@@ -12,7 +12,9 @@ export WANDB_MODE ?= offline
 DEMO_SIZE ?= dataset.limit=24 generation.seeds=[0] generation.max_new_tokens=48
 DEMO_DIR := multirun/seed_comparison
 
-.PHONY: venv setup demo sweep analysis test test-slow lint bench clean
+LOWEST := .venv-lowest
+
+.PHONY: venv setup demo sweep analysis test test-slow test-lowest lint bench clean
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON3) -m venv $(VENV)
@@ -40,6 +42,17 @@ test: venv
 # Slow integration tests (SLURM, LaTeX, Chromium, the heaviest fault injection): CI runs them.
 test-slow: venv
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # 5: none collected
+
+# The decode and selector tests under the lowest transformers pyproject.toml accepts (a second
+# venv, requirements-lowest.lock), their records compared with the main environment's.
+$(LOWEST)/.installed: requirements-lowest.lock
+	$(PYTHON3) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q -r requirements-lowest.lock
+	touch $@
+
+test-lowest: venv $(LOWEST)/.installed
+	DECODE_REFERENCE_PYTHON=$(abspath $(PY)) $(LOWEST)/bin/python -m pytest \
+		tests/test_decode.py tests/test_selectors.py
 
 lint: venv
 	$(PY) -m ruff check .

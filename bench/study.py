@@ -149,25 +149,26 @@ def main() -> None:
                              ("compiled, steady", ["generation.compile=true"])):
             seconds, tokens, rows, batches = run([*common, *extra], configs,
                                                  Path(tmp, label.replace(", ", "-")))
-            results[label] = (seconds, tokens)
+            results[label] = seconds
+            rate = tokens / seconds
             step = 1e3 * seconds / (batches * args.new)
             floor = floor_ms(compose(common), rows)
-            print(f"  {label:17s} {seconds:7.1f} s  {tokens / seconds:9.0f} tok/s  {rows} rows x "
+            print(f"  {label:17s} {seconds:7.1f} s  {rate:9.0f} tok/s  {rows} rows x "
                   f"{batches} batches, {step:.2f} ms per step (H200 floor {floor:.2f} ms, "
                   f"{step / floor:.1f}x)", flush=True)
-            if args.profile_steps and label != "compiled, first":
-                profile(label, min(args.profile_steps, args.new))
-    (first, tokens), (steady, _) = results["compiled, first"], results["compiled, steady"]
-    compile_s = first - steady
-    print(f"  compile (first compiled run - steady run): {compile_s:.1f} s")
-    for label in ("eager", "compiled, steady"):
-        seconds, count = results[label]
-        rate = count / seconds
-        once = compile_s if label.startswith("compiled") else 0.0
-        ratio = f", {rate / args.today:.2f}x today's {args.today:.0f} tok/s" if args.today else ""
-        print(f"  {label}: {rate:.0f} tok/s{ratio}; the 20 M-token study: "
-              f"{(STUDY_TOKENS / rate + once) / 3600:.2f} h (compile included)")
-
+            # each figure as soon as it is measured: a run cut short still reports these
+            once = 0.0
+            if label == "compiled, steady":
+                once = results["compiled, first"] - seconds
+                print(f"  compile (first compiled run - steady run): {once:.1f} s", flush=True)
+            if label != "compiled, first":
+                ratio = f", {rate / args.today:.2f}x today's {args.today:.0f} tok/s" \
+                    if args.today else ""
+                print(f"  {label}: {rate:.0f} tok/s{ratio}; the 20 M-token study: "
+                      f"{(STUDY_TOKENS / rate + once) / 3600:.2f} h (compile included)",
+                      flush=True)
+                if args.profile_steps:
+                    profile(label, min(args.profile_steps, args.new))
 
 if __name__ == "__main__":
     main()

@@ -8,9 +8,9 @@ Shapes never change within a group, so a compiled step compiles once per process
 - one transformers ``StaticCache`` of ``prompt_tokens + max_new_tokens`` positions serves every
   batch (reset, never reallocated);
 - the layout is fixed for the whole group: each job owns the same slots (a contiguous slice of
-  rows) in every batch, so each selector runs on a constant slice with its own parameters as
-  constants. Slots are shared in proportion to the jobs' remaining rows; a job that has run out
-  fills its slots with dummy rows. (Per-row parameter tensors, as vLLM's batched sampler, would
+  rows) in every batch, so each selector runs on a constant slice. Slots are shared in
+  proportion to the jobs' remaining rows; a job that has run out fills its slots with dummy
+  rows. (Per-row parameter tensors, as vLLM's batched sampler, would
   let the layout vary, but a group mixes methods: each row would pay for every method of its
   group -- 7 for ``seed_comparison``, two of them full-vocabulary sorts -- where a fixed slice
   pays for its own.)
@@ -18,21 +18,29 @@ Shapes never change within a group, so a compiled step compiles once per process
 With ``generation.compile`` the decode step (the model's forward over the static cache and the
 whole logits step: selectors, diagnostics, keyed noise) is one ``torch.compile(fullgraph=True)``
 graph: inductor with CUDA graphs on a GPU, aten's kernels on CPU (``COMPILERS``). It compiles
-once per layout: once per group, or once per part of a group with more jobs than rows per
-forward (each part has its own selectors: ``generate`` raises dynamo's recompile limit to the
-number of parts, and says what it costs). The step reads no device value on the host
+once per *layout* (``layout_key``): each slot's method, its rows, and the parameters that stay
+Python objects (a null ``top_k`` or ``mass``, a ``top_k`` above ``TOPK_WIDTH``). Parameter
+values (top_k, alpha, top_p, min_p, temperature, ...) enter as graph inputs
+(``Selector.with_tensor_values``), so a grid over them replays one graph, across groups and
+jobs of a process; a group with more jobs than rows per forward runs in parts, one layout each
+(dynamo's recompile limit is raised to the layouts met). The step reads no device value on the host
 (``sample_step(graph_safe=True)``): NaN logits raise after the batch, naming the position, and
 EOS is checked every ``CHECK_EOS_EVERY`` steps (each row still stops at its own EOS). On CPU
 without compilation the same loop runs eagerly with the cheaper data-dependent choices of
 ``sample_step`` (host reads cost nothing there); the records are the same.
 
-``generation.batch_size=auto``: the largest batch that fits the free memory (``auto_batch_size``);
-on out-of-memory the batch in flight is retried at half the size, after every finished batch was
-written.
+``generation.batch_size=auto``: the largest batch that fits the free memory (``auto_batch_size``,
+the previous group's cache counted as free); on out-of-memory the batch in flight is retried at
+half the size, after every finished batch was written.
+
+The cache goes to the model's forward under the keyword it takes (``cache_keyword``), and every
+prefill is checked to have written it (``Decoder.check_prefill``): a transformers release whose
+models ignore the keyword would otherwise decode garbage, silently.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +48,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import GenerationConfig, StaticCache
 
 from harness.data import Prompt
@@ -87,6 +97,21 @@ def generation_config(loaded: LoadedModel, max_new_tokens: int,
         eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.tokenizer.pad_token_id,
         use_cache=True,
     )
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword under which ``model.forward`` takes its KV cache: ``cache`` in the
+    transformers of requirements.lock, ``past_key_values`` in older 5.x releases (5.17.0, the
+    GPU machine's), whose models swallow an unknown ``cache=`` in ``**kwargs`` and attend to
+    nothing."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise RuntimeError(
+        f"{type(model).__name__}.forward takes neither cache nor past_key_values (transformers "
+        f"{transformers.__version__}): the decode path cannot pass it a static KV cache; use "
+        "transformers>=5.17,<6 (pyproject.toml) with a model it supports.")
 
 
 def continuation_lengths(new: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
@@ -154,7 +179,9 @@ class Decoder:
         self.graph_safe = compile or loaded.device.type != "cpu"
         self.cache = StaticCache(config=loaded.model.config,
                                  max_cache_len=prompt_tokens + new_tokens)
+        self.cache_keyword = cache_keyword(loaded.model)
         self.groups: Groups = []
+        self.layouts: dict[tuple, Groups] = {}  # compiled: each layout's selectors, tensor-valued
         self.keys = torch.zeros(rows, dtype=torch.int64, device=loaded.device)
         self.record = True
         self.step = self._step
@@ -176,14 +203,53 @@ class Decoder:
         """Generated step ``step`` >= 1: feed the tokens of step - 1, sample step's."""
         position = (step + (self.prompt_tokens - 1)).view(1, 1).expand(self.rows, 1)
         logits = self.loaded.model(input_ids=tokens[:, None], position_ids=position,
-                                   cache=self.cache, use_cache=True).logits[:, -1]
+                                   use_cache=True, **{self.cache_keyword: self.cache}
+                                   ).logits[:, -1]
         return self.sample(logits, step)
 
+    def check_prefill(self) -> None:
+        """Refuse to decode when the prefill left the static cache without the prompt's
+        positions: every later step would attend to nothing and sample garbage, silently."""
+        held = int(self.cache.get_seq_length())
+        if held != self.prompt_tokens:
+            raise RuntimeError(
+                f"the static KV cache holds {held} positions after a prefill of "
+                f"{self.prompt_tokens} prompt tokens: {type(self.loaded.model).__name__} under "
+                f"transformers {transformers.__version__} did not write it (passed as "
+                f"{self.cache_keyword}=); stopped before this batch's first token. Use the "
+                "transformers of requirements.lock, or a release this harness supports "
+                "(pyproject.toml).")
+
+    def cache_bytes(self) -> int:
+        """What the static KV cache holds (its layers are allocated at the first prefill)."""
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   if getattr(layer, "is_initialized", False) for t in (layer.keys, layer.values))
+
+    def layout(self, groups: Groups) -> Groups:
+        """``groups`` as the compiled step takes them: one selector copy per layout and slot
+        whose parameters are tensors (``Selector.with_tensor_values``), refilled with these
+        jobs' values, so that dynamo guards on the layout alone (see ``layout_key``) and every
+        grid point of it replays one graph."""
+        key = layout_key(groups)
+        if key not in self.layouts:
+            self.layouts[key] = [(selector.with_tensor_values(self.keys.device), rows)
+                                 for selector, rows in groups]
+            for selector, _ in self.layouts[key]:
+                for value in vars(selector).values():
+                    if isinstance(value, Tensor):
+                        torch._dynamo.mark_static_address(value)  # refilled in place
+            allow_compilations()
+        for (mine, _), (theirs, _) in zip(self.layouts[key], groups, strict=True):
+            mine.load_values(theirs)
+        return self.layouts[key]
+
     def run(self, input_ids: Tensor, keys: Tensor, groups: Groups, record: bool,
-            alive: Tensor, stop: Any) -> tuple[Tensor, Tensor, Tensor] | None:
+            alive: Tensor, stop: Any, progress: Callable[[int], Any] | None = None,
+            ) -> tuple[Tensor, Tensor, Tensor] | None:
         """One batch: generated tokens ``[rows, steps]``, diagnostics ``[4, steps, rows]`` and the
-        NaN flags ``[steps]``; None when ``stop.signum`` was set. ``alive``: the real rows."""
-        self.groups, self.record = groups, record
+        NaN flags ``[steps]``; None when ``stop.signum`` was set. ``alive``: the real rows;
+        ``progress(1)`` after each step."""
+        self.groups, self.record = (self.layout(groups) if self.compiled else groups), record
         self.keys.copy_(keys)
         device, steps = input_ids.device, self.new_tokens
         tokens = torch.empty(self.rows, steps, dtype=torch.long, device=device)
@@ -192,13 +258,16 @@ class Decoder:
         eos = torch.tensor(self.loaded.eos_token_ids, device=device)
         step_ids = torch.arange(steps, device=device)
         self.cache.reset()
-        logits = self.loaded.model(input_ids=input_ids, cache=self.cache, use_cache=True,
-                                   logits_to_keep=1).logits[:, -1]
+        logits = self.loaded.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                                   **{self.cache_keyword: self.cache}).logits[:, -1]
+        self.check_prefill()
         out = self.sample(logits, step_ids[0])
         for t in range(steps):
             if t:
                 out = self.step(tokens[:, t - 1], step_ids[t])
             tokens[:, t], stats[:, t], nan[t] = out  # copied out before the next replay
+            if progress is not None:
+                progress(1)
             if stop.signum is not None:
                 return None
             if (t + 1) % CHECK_EOS_EVERY == 0 and t + 1 < steps:
@@ -208,6 +277,24 @@ class Decoder:
         return tokens, stats, nan
 
 
+def layout_key(groups: Groups) -> tuple:
+    """A layout: each slot's method, its parameters that stay Python objects (a null top_k or
+    mass, a top_k above ``TOPK_WIDTH``) and its rows. The compiled step compiles once per
+    layout; parameter values (top_k, alpha, top_p, temperature, ...) are graph inputs."""
+    return tuple((selector.structure(), rows.start, rows.stop) for selector, rows in groups)
+
+
+def allow_compilations() -> None:
+    """One more layout to compile: dynamo's recompile limit (8 by default) would fail a
+    fullgraph compilation past it, so raise it to what this process needs."""
+    config = torch._dynamo.config
+    _LAYOUTS[0] += 1  # every decoder's: they share the step's code object, the limit's unit
+    config.recompile_limit = max(config.recompile_limit, _LAYOUTS[0] + 1)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
+                                             2 * _LAYOUTS[0] + 8)
+
+
+_LAYOUTS = [0]  # layouts compiled in this process, all decoders
 _DECODER: list[Decoder] = []  # the process's one decoder (its cache is the big allocation)
 
 
@@ -216,9 +303,17 @@ def decoder(loaded: LoadedModel, rows: int, prompt_tokens: int, new_tokens: int,
     """This process's decoder of that shape, made (and compiled) on first use."""
     key = (id(loaded.model), rows, prompt_tokens, new_tokens, compile)
     if not _DECODER or _DECODER[0].key != key:
-        _DECODER.clear()  # frees the previous cache first
+        release_decoder()  # the previous cache first
         _DECODER.append(Decoder(loaded, rows, prompt_tokens, new_tokens, compile))
     return _DECODER[0]
+
+
+def release_decoder() -> None:
+    """Drop the process's decoder and hand its cache back to the device."""
+    devices = {dec.keys.device for dec in _DECODER}
+    _DECODER.clear()
+    if any(device.type == "cuda" for device in devices):
+        torch.cuda.empty_cache()
 
 
 def decode_batch(loaded: LoadedModel, batch: list[Row | None], groups: Groups, gen: Any,
@@ -232,8 +327,13 @@ def decode_batch(loaded: LoadedModel, batch: list[Row | None], groups: Groups, g
     keys = row_keys(torch.tensor([r.seed for r in padded]),
                     torch.tensor([r.prompt.prompt_id for r in padded]))
     alive = torch.tensor([row is not None for row in batch], device=device)
-    with torch.inference_mode():
-        done = dec.run(input_ids, keys.to(device), groups, gen.diagnostics, alive, stop)
+    # the steps of the batch in flight: a batch of a study takes minutes, the rows' bar moves
+    # only when it ends
+    with torch.inference_mode(), tqdm(total=gen.max_new_tokens, unit="step", leave=False,
+                                      desc=f"batch of {len(batch)} rows",
+                                      dynamic_ncols=True) as bar:
+        done = dec.run(input_ids, keys.to(device), groups, gen.diagnostics, alive, stop,
+                       bar.update)
     if done is None:
         return None
     tokens, stats, nan = (t.cpu() for t in done)
@@ -261,6 +361,18 @@ def free_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def releasable_memory(device: torch.device) -> int:
+    """Bytes a new group could have beyond ``free_memory``: the previous group's static cache
+    (still held, so that a group of the same shape reuses it and its compiled graphs; else
+    released before the next is made) and, on CUDA, what torch's allocator holds unused (what
+    ``empty_cache`` would hand back). Counted, not freed: a later group sizes its batch on the
+    memory the first one saw."""
+    held = sum(dec.cache_bytes() for dec in _DECODER if dec.keys.device == device)
+    if device.type == "cuda":
+        held += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return held
+
+
 def kv_bytes_per_token(loaded: LoadedModel) -> int:
     """One position of one row's KV cache, all layers."""
     config = loaded.model.config.get_text_config(decoder=True)
@@ -282,25 +394,22 @@ def bytes_per_row(loaded: LoadedModel, prompt_tokens: int, new_tokens: int) -> i
 
 
 def auto_batch_size(loaded: LoadedModel, prompt_tokens: int, new_tokens: int, rows: int) -> int:
-    """The largest batch that fits ``MEMORY_MARGIN`` of the free memory, at most ``rows``."""
-    fits = int(free_memory(loaded.device) * MEMORY_MARGIN) // bytes_per_row(
-        loaded, prompt_tokens, new_tokens)
+    """The largest batch that fits ``MEMORY_MARGIN`` of the free memory (the previous group's
+    cache counted as free: ``releasable_memory``), at most ``rows``."""
+    free = free_memory(loaded.device) + releasable_memory(loaded.device)
+    fits = int(free * MEMORY_MARGIN) // bytes_per_row(loaded, prompt_tokens, new_tokens)
     return max(1, min(fits, rows))
 
 
-def allow_a_compilation_per_part(jobs_rows: list[list[Row]], rows_per_forward: int) -> None:
-    """More jobs (with rows left) than rows per forward run in parts (``batches``), one layout
-    and one compiled graph each: fullgraph compilation fails once dynamo's recompile limit (8)
-    is hit, so raise it."""
+def warn_of_parts(jobs_rows: list[list[Row]], rows_per_forward: int) -> None:
+    """More jobs (with rows left) than rows per forward run in parts (``batches``), each with
+    its own layout: one compilation per distinct one."""
     jobs = sum(1 for rows in jobs_rows if rows)
     parts = -(-jobs // rows_per_forward)
     if parts > 1:
         log.warning("generation.compile: %d jobs at %d rows per forward run in %d parts, one "
-                    "compilation each; more rows per forward (generation.batch_size) compile "
-                    "fewer", jobs, rows_per_forward, parts)
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, parts + 1)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * parts + 8)
+                    "compilation per distinct layout; more rows per forward "
+                    "(generation.batch_size) compile fewer", jobs, rows_per_forward, parts)
 
 
 def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_size: int | str,
@@ -323,7 +432,7 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
                  size, loaded.device, total)
     while True:
         if gen.compile:  # again after an out-of-memory halving: more parts
-            allow_a_compilation_per_part(pending, size)
+            warn_of_parts(pending, size)
         try:
             for batch, groups in batches(pending, size):
                 records = decode_batch(loaded, batch, groups, gen, stop)
@@ -335,9 +444,7 @@ def generate(loaded: LoadedModel, jobs_rows: list[list[Row]], gen: Any, batch_si
                 pending = [[r for r in rows if id(r) not in finished] for rows in pending]
             return size
         except torch.OutOfMemoryError as error:
-            _DECODER.clear()
-            if loaded.device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_decoder()
             if not auto or size == 1:
                 raise torch.OutOfMemoryError(
                     f"generation.batch_size={size} does not fit in {loaded.device}'s memory "

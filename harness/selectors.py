@@ -17,6 +17,7 @@ configs or files.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import warnings
@@ -28,6 +29,9 @@ from transformers import LogitsProcessor
 
 NEG_INF = float("-inf")
 RANK_BY_COUNTING = 256  # diagnostics rank this many top tokens by counting, more by a sort
+# A top_k given as a tensor (``Selector.with_tensor_values``) is cut from a topk of this width,
+# so one compiled graph serves every top_k up to it; a larger top_k stays a Python constant.
+TOPK_WIDTH = 1024
 
 
 def entropy(logp: Tensor) -> Tensor:
@@ -36,8 +40,15 @@ def entropy(logp: Tensor) -> Tensor:
     return -logp.exp().mul_(logp).nansum(-1, keepdim=True)
 
 
-def keep_best_k(score: Tensor, k: int) -> Tensor:
-    """Keep the ``k`` lowest scores; ties with the k-th are kept (as ``TopKLogitsWarper``)."""
+def keep_best_k(score: Tensor, k: int | Tensor) -> Tensor:
+    """Keep the ``k`` lowest scores; ties with the k-th are kept (as ``TopKLogitsWarper``).
+    ``k`` a 0-d tensor (at most ``TOPK_WIDTH``): the k-th of a ``TOPK_WIDTH``-wide topk, the
+    same value as a topk of width k."""
+    if isinstance(k, Tensor):
+        width = min(TOPK_WIDTH, score.shape[-1])
+        best = score.topk(width, dim=-1, largest=False).values
+        index = (k.long() - 1).clamp(max=width - 1).expand(*score.shape[:-1], 1)
+        return score <= best.gather(-1, index)
     kth = score.topk(min(k, score.shape[-1]), dim=-1, largest=False).values[..., -1:]
     return score <= kth
 
@@ -52,6 +63,9 @@ def keep_best_mass(score: Tensor, logits: Tensor, mass: float) -> Tensor:
 
 
 def _check(method: str, name: str, value: object, ok: bool, allowed: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # inf passed range checks
+        raise ValueError(
+            f"{method}: selector.{name}={value!r} must be finite; {name} must be {allowed}.")
     if not ok:
         raise ValueError(
             f"{method}: parameter {name}={value!r} is out of range; {name} must be {allowed}."
@@ -89,6 +103,8 @@ class Selector:
     # Its kept set is always its n most probable tokens (a threshold on probability), up to
     # ties: diagnostics rank by counting within the top tokens, never by a sort.
     keeps_most_probable: bool = True
+    # The numbers its math reads (attributes): what ``with_tensor_values`` turns into tensors.
+    values: tuple[str, ...] = ("temperature",)
 
     def __init__(self, temperature: float = 1.0) -> None:
         _check(self.name, "temperature", temperature,
@@ -107,7 +123,40 @@ class Selector:
     def prepare(self, logits: Tensor) -> Tensor:
         """Float32 logits divided by the temperature: what every selector ranks and cuts."""
         logits = logits.float()
-        return logits / self.temperature if self.temperature != 1.0 else logits
+        if isinstance(self.temperature, Tensor) or self.temperature != 1.0:
+            return logits / self.temperature
+        return logits
+
+    def with_tensor_values(self, device: torch.device | str = "cpu") -> Selector:
+        """A copy whose ``values`` are 0-d float32 tensors on ``device`` (``load_values`` refills
+        them in place): a compiled step that reads them takes them as graph inputs, where it
+        would specialise on a Python number (one compilation per value). It computes what this
+        selector computes: a float32 tensor enters each kernel as the Python number does (cast
+        to float32). A missing value (``None``) or a top_k above ``TOPK_WIDTH`` stays as is: it
+        is part of the ``structure``."""
+        copied = copy.copy(self)
+        for name in self.values:
+            if not self._stays_python(name):
+                setattr(copied, name, torch.tensor(float(getattr(self, name)),
+                                                   dtype=torch.float32, device=device))
+        return copied
+
+    def _stays_python(self, name: str) -> bool:
+        value = getattr(self, name)
+        return value is None or (name == "top_k" and value > TOPK_WIDTH)
+
+    def structure(self) -> tuple:
+        """What a compiled step specialises on (``with_tensor_values``): the method and its
+        values that stay Python objects."""
+        return (type(self), *((name, getattr(self, name)) for name in self.values
+                              if self._stays_python(name)))
+
+    def load_values(self, source: Selector) -> None:
+        """Refill this ``with_tensor_values`` copy with ``source``'s values (same structure)."""
+        for name in self.values:
+            value = getattr(self, name)
+            if isinstance(value, Tensor):
+                value.fill_(float(getattr(source, name)))
 
     def score(self, logits: Tensor) -> Tensor:
         """Ranking score, lower is better. Default: by probability."""
@@ -268,6 +317,7 @@ class TopK(Selector):
     """
 
     name = "top_k"
+    values = ("temperature", "top_k")
 
     def __init__(self, top_k: int = 10, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -288,15 +338,17 @@ class TopP(Selector):
 
     name = "top_p"
     keeps_most_probable = False  # ties at the cut are split by sort position
+    values = ("temperature", "tail")
 
     def __init__(self, top_p: float = 0.95, temperature: float = 1.0) -> None:
         super().__init__(temperature)
         _check(self.name, "top_p", top_p, _is_number(top_p) and 0 < top_p <= 1, "a float in (0, 1]")
         self.top_p = float(top_p)
+        self.tail = 1 - self.top_p  # in float64, as the warper's Python arithmetic
 
     def cut(self, score: Tensor, logits: Tensor) -> Tensor:
         ascending, order = logits.sort(dim=-1)
-        drop = ascending.softmax(-1).cumsum(-1) <= 1 - self.top_p
+        drop = ascending.softmax(-1).cumsum(-1) <= self.tail
         drop[..., -1:] = False
         return ~drop.scatter(-1, order, drop)
 
@@ -310,6 +362,7 @@ class Typical(Selector):
 
     name = "typical"
     keeps_most_probable = False
+    values = ("temperature", "typical_p")
 
     def __init__(self, typical_p: float = 0.95, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -341,6 +394,7 @@ class MinP(_ProbabilityThreshold):
     """Keep tokens with p >= ``min_p`` · p_max (Nguyen et al. 2024), as ``MinPLogitsWarper``."""
 
     name = "min_p"
+    values = ("temperature", "min_p")
 
     def __init__(self, min_p: float = 0.1, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -357,6 +411,7 @@ class Epsilon(_ProbabilityThreshold):
     """Keep tokens with p >= ``epsilon`` (Hewitt et al. 2022), as ``EpsilonLogitsWarper``."""
 
     name = "epsilon"
+    values = ("temperature", "epsilon")
 
     def __init__(self, epsilon: float = 3e-4, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -373,6 +428,7 @@ class Eta(_ProbabilityThreshold):
     """Keep p >= min(eta, sqrt(eta)·exp(-H)) (Hewitt et al. 2022), as ``EtaLogitsWarper``."""
 
     name = "eta"
+    values = ("temperature", "eta")
 
     def __init__(self, eta: float = 3e-4, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -382,7 +438,7 @@ class Eta(_ProbabilityThreshold):
     def threshold(self, probs: Tensor, logits: Tensor) -> Tensor:
         h = torch.distributions.Categorical(logits=logits, validate_args=False).entropy()
         h = h[..., None]
-        eta = torch.tensor(self.eta, device=logits.device)
+        eta = torch.as_tensor(self.eta, dtype=torch.float32, device=logits.device)
         return torch.min(eta, torch.sqrt(eta) * torch.exp(-h))
 
 
@@ -392,6 +448,7 @@ class TopNSigma(Selector):
     standard deviation of the row's finite logits."""
 
     name = "top_n_sigma"
+    values = ("temperature", "n_sigma")
 
     def __init__(self, n_sigma: float = 1.0, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -413,6 +470,7 @@ class _Distance(Selector):
     than the smallest best-first prefix holding that mass (both: the shorter prefix)."""
 
     keeps_most_probable = False
+    values = ("temperature", "alpha", "top_k", "mass")
 
     def __init__(self, alpha: float, top_k: int | None, mass: float | None,
                  temperature: float) -> None:
@@ -451,6 +509,7 @@ class LocallyTypical(_Distance):
     """
 
     name = "locally_typical"
+    values = ("temperature", "alpha32", "top_k", "mass")
 
     def __init__(self, alpha: float = 0.0, top_k: int | None = 10, mass: float | None = None,
                  temperature: float = 1.0) -> None:
@@ -464,6 +523,8 @@ class LocallyTypical(_Distance):
     def distance(self, logp: Tensor, h: Tensor) -> Tensor:
         d = (logp + h).abs_()  # |s - H|
         alpha = self.alpha32  # as the kernel sees it (logp is float32)
+        if isinstance(alpha, Tensor):  # addcmul: the same fused multiply-add as add's alpha
+            return torch.where(alpha == 0, d, torch.addcmul(d, logp, -alpha))
         return d.add_(logp, alpha=-alpha) if alpha else d  # + alpha·s (0·inf would be NaN)
 
 
@@ -482,4 +543,5 @@ class LocallyTypicalDistance(_Distance):
         super().__init__(alpha, top_k, mass, temperature)
 
     def distance(self, logp: Tensor, h: Tensor) -> Tensor:
-        return logp.add_(h, alpha=self.alpha).abs_()  # |s - alpha·H|
+        # alpha·H per row first: a tensor alpha (``with_tensor_values``) cannot be add's alpha
+        return logp.add_(h * self.alpha).abs_()  # |s - alpha·H|

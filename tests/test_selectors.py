@@ -256,7 +256,12 @@ def test_mass_cut_on_distances_is_the_shorter_prefix(method, params, mass):
         ("greedy", {"temperature": 0.0}, "temperature=0.0"),
         ("top_k", {"alpha": 0.5}, "alpha=0.5"),
         ("top_p", {"top_p": "high"}, "top_p='high'"),
-        ("locally_typical_distance", {"alpha": float("nan")}, "alpha=nan"),
+        ("locally_typical_distance", {"alpha": float("nan")}, "alpha=nan must be finite"),
+        ("locally_typical", {"alpha": INF}, "selector.alpha=inf must be finite"),
+        ("locally_typical_distance", {"mass": INF}, "selector.mass=inf must be finite"),
+        ("top_n_sigma", {"n_sigma": INF}, "selector.n_sigma=inf must be finite"),
+        ("top_p", {"temperature": INF}, "selector.temperature=inf must be finite"),
+        ("min_p", {"min_p": -INF}, "selector.min_p=-inf must be finite"),
         ("nucleus", {}, "'nucleus'"),
     ],
 )
@@ -308,3 +313,51 @@ def test_diagnostics_match_a_sort_based_reference(name, small_set, x):
         else:  # position in probability order, ties by token id (a stable sort)
             positions = [order.index(i) for i in kept]
             assert diag.mean_rank[row] == pytest.approx(sum(positions) / n, abs=1e-4)
+
+
+PARAMETERS = {  # a strategy per method for its parameters, temperature included
+    "top_k": st.fixed_dictionaries({"top_k": st.integers(1, 60)}),
+    "top_p": st.fixed_dictionaries({"top_p": st.floats(0.01, 1.0)}),
+    "typical": st.fixed_dictionaries({"typical_p": st.floats(0.01, 0.99)}),
+    "min_p": st.fixed_dictionaries({"min_p": st.floats(0.0, 1.0)}),
+    "epsilon": st.fixed_dictionaries({"epsilon": st.floats(1e-5, 0.5)}),
+    "eta": st.fixed_dictionaries({"eta": st.floats(1e-5, 0.5)}),
+    "top_n_sigma": st.fixed_dictionaries({"n_sigma": st.floats(0.0, 3.0)}),
+    "locally_typical": st.fixed_dictionaries({
+        "alpha": st.sampled_from([0.0, 1.0]) | st.floats(0.0, 3.0),
+        "top_k": st.none() | st.integers(1, 50), "mass": st.floats(0.05, 1.0)}),
+    "locally_typical_distance": st.fixed_dictionaries({
+        "alpha": st.floats(0.0, 3.0), "top_k": st.integers(1, 50),
+        "mass": st.none() | st.floats(0.05, 1.0)}),
+    "greedy": st.fixed_dictionaries({}),
+    "ancestral": st.fixed_dictionaries({}),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), x=logits(), temperature=temperatures)
+def test_tensor_values_keep_exactly_what_the_numbers_keep(name, data, x, temperature):
+    """``with_tensor_values`` (what the compiled decode step reads: graph inputs, not
+    constants) keeps the same tokens as the selector; refilled by ``load_values`` from another
+    selector of the same ``structure``, it keeps what that one keeps."""
+    first, second = (make_selector(name, **data.draw(PARAMETERS[name]), temperature=t)
+                     for t in (temperature, data.draw(temperatures)))
+    tensors = first.with_tensor_values()
+    assert torch.equal(tensors.keep_mask(x), first.keep_mask(x))
+    if second.structure() == first.structure():
+        tensors.load_values(second)
+        assert torch.equal(tensors.keep_mask(x), second.keep_mask(x))
+
+
+def test_a_tensor_top_k_is_cut_from_a_topk_of_fixed_width():
+    """Up to ``TOPK_WIDTH`` a top_k is a graph input (one structure for every value), cut from
+    a topk of that width; above it, a Python constant (its own structure)."""
+    x = torch.randn(3, 3000, generator=torch.Generator().manual_seed(5)).bfloat16().float()
+    width = harness.selectors.TOPK_WIDTH
+    for k in (1, 7, width - 1, width, width + 1, 2999, 3000):
+        sel = make_selector("top_k", top_k=k)
+        assert torch.equal(sel.with_tensor_values().keep_mask(x), sel.keep_mask(x)), k
+        stays = (("top_k", k),) if k > width else ()
+        assert sel.structure() == (type(sel), *stays)
