@@ -25,6 +25,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.preflight import one_line
 from harness.runner import JobConfig, Terminated, run_job
 
 log = logging.getLogger("harness")
@@ -54,10 +55,6 @@ class JobFailed(CompactHydraException):
     """One job of a multirun failed on its input; its one-line message was logged. Hydra's
     ``run_job`` keeps it in the job's return, so the launcher goes on with the other jobs and
     the sweeper (``hydra/sweeper=harness``) sums the failures up at the end."""
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")

@@ -55,6 +55,7 @@ from hydra_plugins.hydra_submitit_launcher.config import (
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf
 
+from harness.preflight import one_line
 from hydra_plugins.harness_plugins.fused_launcher import job_dir_and_config, sweep_configs
 from hydra_plugins.harness_plugins.sweeper import MultirunError
 
@@ -171,10 +172,6 @@ def task_error(error: Exception, job: Any) -> tuple[str, bool]:
 
 def failure(job_dir: Path, message: str) -> str:
     return f"job {job_dir.name}: {message}"
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 class FusedSubmititLauncher(BaseSubmititLauncher):
