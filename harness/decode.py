@@ -328,9 +328,10 @@ def decode_batch(loaded: LoadedModel, batch: list[Row | None], groups: Groups, g
                     torch.tensor([r.prompt.prompt_id for r in padded]))
     alive = torch.tensor([row is not None for row in batch], device=device)
     # the steps of the batch in flight: a batch of a study takes minutes, the rows' bar moves
-    # only when it ends
+    # only when it ends; on a terminal only (disable=None): in a log (SLURM, a pipe) a bar per
+    # batch is noise, and the rows' bar already says how far the job is
     with torch.inference_mode(), tqdm(total=gen.max_new_tokens, unit="step", leave=False,
-                                      desc=f"batch of {len(batch)} rows",
+                                      desc=f"batch of {len(batch)} rows", disable=None,
                                       dynamic_ncols=True) as bar:
         done = dec.run(input_ids, keys.to(device), groups, gen.diagnostics, alive, stop,
                        bar.update)

@@ -84,8 +84,8 @@ def test_a_second_writer_stops_at_once_naming_the_holder(tmp_path, tiny_cfg):
 
 def test_two_concurrent_launches_make_exactly_one_writer(tmp_path, reference):
     jobs = [start(*JOB, "hydra.run.dir=job", cwd=tmp_path) for _ in range(2)]
-    codes = sorted(job.wait() for job in jobs)
-    outputs = [job.stdout.read() for job in jobs]
+    outputs = [job.communicate()[0] for job in jobs]  # read as they run: a full pipe blocks
+    codes = sorted(job.returncode for job in jobs)
     assert codes == [0, 1], outputs
     assert sum("is being written by host" in text for text in outputs) == 1
     assert records(tmp_path / "job" / RECORDS) == reference
