@@ -471,15 +471,15 @@ def describe(command: dict) -> str:
 
 def fixed_design(study: Study, jobs: dict[str, Job]) -> dict:
     """The fixed-n plan for the same δs, level and power, from the pilot's SEs (as
-    ``analysis.plan`` plans: n = n_pilot (z·SE_pilot/δ)², z = z_{1−α/2m} + z_power): every
+    ``analysis.plan.prompts_needed`` plans, at the level α/m of each comparison): every
     configuration at the largest n any comparison needs; its tokens at each configuration's
     mean tokens per text, its seconds at the study's own measured rate."""
     pilot = study.state["looks"][0]
     design = study.state["design"]
     normal = NormalDist()
-    z = normal.inv_cdf(1 - design["alpha_per_comparison"] / 2) + normal.inv_cdf(
-        study.cfg.power)
-    needs = [prompts_needed(c["se"], pilot["n"], c["delta"], z)
+    z_level = normal.inv_cdf(1 - design["alpha_per_comparison"] / 2)
+    z_power = normal.inv_cdf(study.cfg.power)
+    needs = [prompts_needed(c["se"], pilot["n"], c["delta"], z_level, z_power)
              for c in study.state["pilot"]
              if c["decision"] != sequential.IDENTICAL and c["se"] > 0]
     n = max(needs) if needs else pilot["n"]
