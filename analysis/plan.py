@@ -61,6 +61,9 @@ EXPONENT_TOLERANCE = 0.15  # |fitted exponent + 1/2| beyond this: the 1/√n pro
 NULL_SD_FLOOR = 1e-12
 STEEPEST = -1.5
 DEGENERATE = "no plan: degenerate null"
+# A fit that barely falls reaches δ/z only at astronomically many prompts (past int64 and
+# float range): beyond this no plan is given.
+MOST_PROMPTS = 10**9
 
 
 @dataclass
@@ -250,13 +253,17 @@ def degenerate_null(sds: list[float]) -> bool:
 def power_law_n(sizes: list[int], sds: list[float], delta: float, z: float) -> tuple[int, float]:
     """n with z · sd(n) = δ from log sd = a + b log n fitted on (sizes, sds); and b. n is -1
     where the fit gives none: an sd that does not shrink with n, a degenerate null sd
-    (``degenerate_null``: b is NaN) or a fall steeper than ``STEEPEST``."""
+    (``degenerate_null``: b is NaN), a fall steeper than ``STEEPEST`` or one so shallow that
+    n would exceed ``MOST_PROMPTS``."""
     if degenerate_null(sds):
         return -1, math.nan
     b, a = np.polyfit(np.log(sizes), np.log(sds), 1)
     if b >= 0 or b < STEEPEST:
         return -1, float(b)
-    return max(2, math.ceil(math.exp((math.log(delta / z) - a) / b) - 1e-9)), float(b)
+    log_n = (math.log(delta / z) - a) / b
+    if log_n > math.log(MOST_PROMPTS):
+        return -1, float(b)
+    return max(2, math.ceil(math.exp(log_n) - 1e-9)), float(b)
 
 
 # --- cost and command -----------------------------------------------------------------------
@@ -509,6 +516,9 @@ def plan_metric(metric: str, values: list[float], row: pd.Series, texts: pd.Data
             elif exponent < STEEPEST:
                 why = (f"{DEGENERATE}: its sd falls as n^{exponent:.3g} over n = "
                        f"{', '.join(map(str, sizes))}, faster than any sampling spread")
+            elif exponent < 0:
+                why = (f"null sd shrinks only as n^{exponent:.3g}: more than "
+                       f"{MOST_PROMPTS:,} prompts, no plan")
             else:
                 why = "null sd does not shrink with n: no plan"
             out.append({**common, "se_pilot": sds[-1] * scale, "exponent": exponent, "delta": d,

@@ -96,13 +96,16 @@ class StudyConfig:
 ConfigStore.instance().store(group="study", name="study_schema", node=StudyConfig)
 
 
+MAUVE_REFUSED = ("study.delta.mauve: MAUVE's swap test has no closed-form boundary, so it is "
+                 f"left out of the stopping rule; decide on {', '.join(STOPPABLE)} and read "
+                 "MAUVE from the final table.")
+
+
 def margins(cfg: StudyConfig) -> dict[str, float]:
     """The metrics to decide and their δ (table units); a bad value is one line."""
     chosen = {m: v for m, v in cfg.delta.items() if v is not None}
     if "mauve" in chosen:
-        raise ValueError("study.delta.mauve: MAUVE's swap test has no closed-form boundary, so "
-                         "it is left out of the stopping rule; decide on "
-                         f"{', '.join(STOPPABLE)} and read MAUVE from the final table.")
+        raise ValueError(MAUVE_REFUSED)
     if not chosen:
         raise ValueError("no study.delta given: name the smallest difference that matters, "
                          "e.g. study.delta.diversity=2 study.delta.coherence=0.02 (table "
@@ -184,6 +187,9 @@ class Command:
 
 
 def study_config(overrides: list[str]) -> StudyConfig:
+    # The schema has no MAUVE δ, so Hydra would refuse it as an unknown key: say why instead.
+    if any(o.lstrip("+~").split("=", 1)[0] == "study.delta.mauve" for o in overrides):
+        raise ValueError(MAUVE_REFUSED)
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(overrides=["+study=default", *overrides])
@@ -471,15 +477,15 @@ def describe(command: dict) -> str:
 
 def fixed_design(study: Study, jobs: dict[str, Job]) -> dict:
     """The fixed-n plan for the same δs, level and power, from the pilot's SEs (as
-    ``analysis.plan`` plans: n = n_pilot (z·SE_pilot/δ)², z = z_{1−α/2m} + z_power): every
+    ``analysis.plan.prompts_needed`` plans, at the level α/m of each comparison): every
     configuration at the largest n any comparison needs; its tokens at each configuration's
     mean tokens per text, its seconds at the study's own measured rate."""
     pilot = study.state["looks"][0]
     design = study.state["design"]
     normal = NormalDist()
-    z = normal.inv_cdf(1 - design["alpha_per_comparison"] / 2) + normal.inv_cdf(
-        study.cfg.power)
-    needs = [prompts_needed(c["se"], pilot["n"], c["delta"], z)
+    z_level = normal.inv_cdf(1 - design["alpha_per_comparison"] / 2)
+    z_power = normal.inv_cdf(study.cfg.power)
+    needs = [prompts_needed(c["se"], pilot["n"], c["delta"], z_level, z_power)
              for c in study.state["pilot"]
              if c["decision"] != sequential.IDENTICAL and c["se"] > 0]
     n = max(needs) if needs else pilot["n"]

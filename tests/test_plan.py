@@ -120,6 +120,12 @@ def test_mauve_power_law_by_hand_and_null_spread_shrinks_with_n():
     assert exponent == pytest.approx(-0.4)
     assert n == math.ceil((0.02 / 3.0 / 0.5) ** (1 / -0.4) - 1e-9)
     assert power_law_n(sizes, sds[::-1], 0.02, 3.0)[0] == -1  # sd growing: no plan
+    # barely falling: n = (0.02/3/0.5)^(1/-0.01) ≈ 10^187, past int64 (and at -0.001 past
+    # float range): no plan rather than an overflow in the plan's cost
+    for slope in (-0.01, -0.001):
+        shallow = [0.5 * n ** slope for n in sizes]
+        n, exponent = power_law_n(sizes, shallow, 0.02, 3.0)
+        assert (n, exponent) == (-1, pytest.approx(slope))
     rng = np.random.default_rng(4)
     cfg = MauveConfig(kmeans_seeds=2)
     spread = []

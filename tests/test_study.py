@@ -141,7 +141,7 @@ def test_a_killed_study_resumes_at_its_last_complete_look_without_re_deciding(st
 
 
 @pytest.mark.parametrize(("override", "named"), [
-    ("study.delta.mauve=2", "study.delta.mauve"),
+    ("study.delta.mauve=2", "study.delta.mauve: MAUVE's swap test has no closed-form boundary"),
     ("study.delta.diversity=-1", "study.delta.diversity=-1"),
     ("study.delta.bogus=1", "study.delta.bogus"),
     ("study.looks=[4,3]", "study.looks"),
@@ -241,3 +241,26 @@ def test_the_study_is_logged_to_its_own_wandb_run(study):
     for decision in (IDENTICAL, WITHIN, DIFFERENT, UNDECIDED):
         assert run.summary[f"decisions/{decision}"] == decisions.get(decision, 0)
     assert run.summary["study/_type"] == "table-file" and run.summary["study/nrows"] == 3
+
+
+def test_the_fixed_design_plans_as_the_plan_does():
+    """study.md's fixed-n comparison is analysis.plan's n at the study's α/m and power (by
+    hand: SE 1 on 24 prompts, δ 1, α/m 0.05, 80% power: n = 194, test_plan's value)."""
+    from statistics import NormalDist
+    from types import SimpleNamespace
+
+    from analysis.plan import prompts_needed
+    from harness.study import fixed_design
+
+    pilot = [{"se": 1.0, "delta": 1.0, "decision": UNDECIDED},
+             {"se": 0.0, "delta": 1.0, "decision": IDENTICAL}]
+    state = {"looks": [{"n": 24, "seconds": 10.0, "cpu_seconds": 5.0}],
+             "design": {"alpha_per_comparison": 0.05}, "pilot": pilot}
+    study = SimpleNamespace(state=state, cfg=SimpleNamespace(power=0.8))
+    job = SimpleNamespace(records=[{"seed": 0, "num_tokens": 16, "prompt_id": i}
+                                   for i in range(24)])
+    fixed = fixed_design(study, {"top_k": job})
+    normal = NormalDist()
+    assert fixed["n"] == prompts_needed(1.0, 24, 1.0, normal.inv_cdf(0.975),
+                                        normal.inv_cdf(0.8)) == 194
+    assert fixed["tokens"] == 194 * 16
