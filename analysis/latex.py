@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import textwrap
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,7 +381,7 @@ def stacked(text: str) -> str:
     if parts is None:
         return tex(text)
     value, spread, marks = parts.groups()
-    return f"\\fullcell{{{tex(value + marks)}}}{{{tex(spread)}}}"
+    return f"\\fullcell{{{tex(value + marks)}\\\\{{}}{tex(spread)}}}"
 
 
 def full_table(summary: pd.DataFrame, rendered: pd.DataFrame) -> str:
@@ -397,20 +398,30 @@ def full_table(summary: pd.DataFrame, rendered: pd.DataFrame) -> str:
     columns = ["Configuration", *rendered.drop(columns=described).columns]
     align = "l" + "r" * (len(columns) - 1)
     rows = [" & ".join(row) + " \\\\" for row in cells]
-    headers = [f"\\fullcell{{{tex(c.split(' ', 1)[0])}}}{{{tex(c.split(' ', 1)[1])}}}"
-               if " " in c else tex(c) for c in map(str, columns)]
+    headers = [header_lines(c) for c in map(str, columns)]
     return "\n".join([
         "% Every column of summary.md: \\input into a document with \\usepackage{booktabs}; "
         "wide: it fits a landscape page",
         "% (\\usepackage[landscape]{geometry}) at a demo-size sweep; for more columns, wrap the "
         "tabular in \\resizebox{\\linewidth}{!}{...}.",
         "\\begin{table}[p]", "\\centering", "\\tiny", "\\setlength{\\tabcolsep}{2pt}",
-        "\\providecommand{\\fullcell}[2]{\\begin{tabular}[t]{@{}r@{}}#1\\\\{}#2\\end{tabular}}",
+        "\\providecommand{\\fullcell}[1]{\\begin{tabular}[t]{@{}r@{}}#1\\end{tabular}}",
         f"\\begin{{tabular}}{{{align}}}", "\\toprule",
         " & ".join(headers) + " \\\\", "\\midrule", *rows,
         "\\bottomrule", "\\end{tabular}",
         "\\caption{Every configuration and metric; see summary.csv for all numbers.}",
         "\\label{tab:decoding-full}", "\\end{table}", ""])
+
+
+def header_lines(header: str, width: int = 14) -> str:
+    """A header of several words on several lines: its first word alone (``Δ``, the metric's
+    short name), the rest wrapped at ``width`` characters (``Δ MAUVE (paired, shared
+    codebook)`` would otherwise set the column's width)."""
+    first, _, rest = header.partition(" ")
+    if not rest:
+        return tex(header)
+    lines = [first, *textwrap.wrap(rest, width, break_long_words=False)]
+    return "\\fullcell{" + "\\\\{}".join(tex(line) for line in lines) + "}"
 
 
 def samples_tex(prompts: list[SamplePrompt]) -> str:

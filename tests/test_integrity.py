@@ -67,7 +67,8 @@ def test_twenty_kill_9s_at_random_points_lose_and_duplicate_nothing(tmp_path, re
         kills += 1
     assert kills == 20, "the job finished before it was killed 20 times"
     finished = start(*JOB, "hydra.run.dir=job", cwd=tmp_path)
-    assert finished.wait() == 0, finished.stdout.read()
+    output = finished.communicate()[0]  # read as it runs: a full pipe would block the job
+    assert finished.returncode == 0, output
     assert records(out) == reference
 
 
@@ -77,8 +78,9 @@ def test_a_second_writer_stops_at_once_naming_the_holder(tmp_path, tiny_cfg):
         with pytest.raises(JobError, match=rf"being written by host \S+ pid {os.getpid()}"):
             run_job(tiny_cfg("dataset.limit=2"), job_dir)
         other = start("dataset.limit=2", "hydra.run.dir=job", cwd=tmp_path)
-        assert other.wait() == 1
-        assert f"pid {os.getpid()}" in other.stdout.read()
+        output = other.communicate()[0]
+        assert other.returncode == 1
+        assert f"pid {os.getpid()}" in output
     assert not (job_dir / RECORDS).exists() or lines(job_dir / RECORDS) == 0
 
 
@@ -171,12 +173,13 @@ def test_sigterm_writes_finished_batches_releases_the_lock_and_exits_143(tmp_pat
     while job.poll() is None and lines(out) < 10:
         time.sleep(0.01)
     job.send_signal(signal.SIGTERM)
-    assert job.wait(timeout=60) == 128 + signal.SIGTERM, job.stdout.read()
+    output = job.communicate(timeout=60)[0]
+    assert job.returncode == 128 + signal.SIGTERM, output
     assert out.read_text().endswith("\n") and lines(out) < len(reference)
     with job_lock(tmp_path / "job"):  # released
         pass
     resumed = start(*JOB, "hydra.run.dir=job", cwd=tmp_path)
-    assert resumed.wait() == 0
+    assert resumed.communicate()[0] is not None and resumed.returncode == 0
     assert records(out) == reference
 
 
