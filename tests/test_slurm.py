@@ -702,21 +702,30 @@ def test_a_held_lock_at_the_merge_leaves_that_job_for_the_next_run(cluster, tmp_
     """A job dir locked by another process when its shards are merged: that job is reported
     on its own line and left as it is; the other job is merged and tracked; the next run
     merges it without generating anything (before: a traceback mid-merge, none tracked)."""
-    command = [*TWO_JOBS, "generation.batch_size=8", *SLURM, "hydra.sweep.dir=slurm"]
+    command = [*TWO_JOBS, "generation.batch_size=1", *SLURM, "hydra.sweep.dir=slurm"]
     sweep = tmp_path / "slurm"
     top_p = sweep / "top_p,dataset=tiny,generation.max_new_tokens=12,model=tiny"
+    process, log = launch(tmp_path, *command)
+    tasks = []
+    for shard in (0, 1):  # held mid-generation: a lock taken before the launch is refused
+        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None,
+                 600)  # before submitting (preflight), not at the merge this test is about
+        tasks.append(task_of_shard(log, shard))
+        subprocess.run(["scontrol", "suspend", tasks[-1]], check=True)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from harness.runner import job_lock\n"
         f"with job_lock(Path({str(top_p)!r})):\n    print('held', flush=True); time.sleep(600)")],
         env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        done = cli(*command, cwd=tmp_path)
+        for task in tasks:
+            subprocess.run(["scontrol", "resume", task], check=True)
+        process.wait(timeout=600)
     finally:
         holder.kill()
         holder.wait()
-    output = done.stdout + done.stderr
-    assert done.returncode == 1 and "Traceback" not in output
+    output = log.read_text()
+    assert process.returncode == 1 and "Traceback" not in output, output
     (summary,) = [line for line in output.splitlines() if "jobs failed" in line]
     assert summary.startswith("1 of 2 jobs failed: job top_p,") and "not merged now" in summary
     assert "being written by" in summary
