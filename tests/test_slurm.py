@@ -527,6 +527,18 @@ def first_records(sweep: Path, shard: int) -> bool:
     return any(p.stat().st_size for p in sweep.glob(f"top_k,*/shards/{shard}-of-2/{RECORDS}"))
 
 
+def suspended_mid_generation(process: subprocess.Popen, log: Path, sweep: Path) -> list[str]:
+    """The two tasks of the launch, each suspended (``scontrol suspend``) once it has written a
+    batch, so that both surely still run when the test acts (the VM is slow and often loaded)."""
+    tasks = []
+    for shard in (0, 1):
+        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None,
+                 600)
+        tasks.append(task_of_shard(log, shard))
+        subprocess.run(["scontrol", "suspend", tasks[-1]], check=True)
+    return tasks
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_the_seed_sweep_runs_as_two_array_tasks_with_the_in_process_records(
@@ -640,13 +652,7 @@ def test_a_relaunch_after_the_launcher_dies_re_attaches_to_the_running_tasks(
     command = [*TWO_JOBS, "generation.batch_size=1", *SLURM, "hydra.sweep.dir=slurm"]
     sweep = tmp_path / "slurm"
     process, first = launch(tmp_path, *command)
-    tasks = []
-    for shard in (0, 1):  # each held mid-generation (SIGSTOP) once it has written a batch, so
-        # that both surely still run when the relaunch looks (the VM is slow and loaded)
-        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None,
-                 600)
-        tasks.append(task_of_shard(first, shard))
-        subprocess.run(["scontrol", "suspend", tasks[-1]], check=True)
+    tasks = suspended_mid_generation(process, first, sweep)  # still run when the relaunch looks
     process.kill()
     process.wait()
     before = submitted(sweep)
@@ -672,12 +678,7 @@ def test_ctrl_c_on_the_launcher_says_the_tasks_run_on_and_a_rerun_re_attaches(
     command = [*TWO_JOBS, "generation.batch_size=1", *SLURM, "hydra.sweep.dir=slurm"]
     sweep = tmp_path / "slurm"
     process, log = launch(tmp_path, *command)
-    tasks = []
-    for shard in (0, 1):  # held mid-generation, so that they still run when the re-run looks
-        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None,
-                 600)
-        tasks.append(task_of_shard(log, shard))
-        subprocess.run(["scontrol", "suspend", tasks[-1]], check=True)
+    tasks = suspended_mid_generation(process, log, sweep)  # still run when the re-run looks
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
     output = log.read_text()
@@ -706,12 +707,9 @@ def test_a_held_lock_at_the_merge_leaves_that_job_for_the_next_run(cluster, tmp_
     sweep = tmp_path / "slurm"
     top_p = sweep / "top_p,dataset=tiny,generation.max_new_tokens=12,model=tiny"
     process, log = launch(tmp_path, *command)
-    tasks = []
-    for shard in (0, 1):  # held mid-generation: a lock taken before the launch is refused
-        wait_for(lambda shard=shard: first_records(sweep, shard) or process.poll() is not None,
-                 600)  # before submitting (preflight), not at the merge this test is about
-        tasks.append(task_of_shard(log, shard))
-        subprocess.run(["scontrol", "suspend", tasks[-1]], check=True)
+    # held mid-generation: a lock taken before the launch is refused before submitting
+    # (preflight), not at the merge this test is about
+    tasks = suspended_mid_generation(process, log, sweep)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from harness.runner import job_lock\n"
         f"with job_lock(Path({str(top_p)!r})):\n    print('held', flush=True); time.sleep(600)")],
